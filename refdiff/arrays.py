@@ -1,0 +1,55 @@
+"""Input checks shared by every module: batch-first points, timesteps, labels (docs/notation.md)."""
+import numpy as np
+from autograd.tracer import getval
+
+
+def as_points(x, name="x", dim=None):
+    """Return x as a finite floating array of shape (N, D), raising ValueError otherwise.
+
+    Integer input becomes float64; float32 stays float32 (DESIGN.md, "Precision"). An autograd
+    box is checked through its value and returned as it is, so gradients flow through every
+    function that validates its input this way.
+    """
+    if getval(x) is not x:
+        as_points(getval(x), name, dim)
+        return x
+    arr = np.asarray(x)
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must be a numeric array of shape (N, D), got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, D), got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name} must have D = {dim} columns, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    return arr
+
+
+def as_int_batch(v, n, name, expected):
+    """Return an int or integer array as int64 of shape (n,), an int being broadcast to every row.
+
+    Whole-valued floats (labels read back from a file) are accepted; anything else raises a
+    ValueError naming ``name`` and ``expected``.
+    """
+    arr = np.asarray(v)
+    integral = np.issubdtype(arr.dtype, np.integer) or (
+        np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
+    if arr.dtype == bool or not integral:
+        raise ValueError(f"{name} must be {expected}, got {arr if arr.ndim == 0 else arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.ndim == 0:
+        arr = np.full(n, int(arr), dtype=np.int64)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be an int or an array of shape ({n},), got shape {arr.shape}")
+    return arr
+
+
+def as_timesteps(t, n, T, name="t", low=1):
+    """Return integer timesteps as an int64 array of shape (n,), each in low..T."""
+    arr = as_int_batch(t, n, name, f"an integer timestep in {low}..{T}")
+    bad = arr[(arr < low) | (arr > T)]
+    if bad.size:
+        raise ValueError(f"{name} must be in {low}..{T}, got {bad[0]}")
+    return arr

@@ -1,0 +1,236 @@
+"""The Gaussian-mixture oracle: exact noised densities, scores, denoisers and noisy classifiers
+(docs/oracle.md).
+
+If x_0 ~ sum_k pi_k N(mu_k, Sigma_k), then x_t = sqrt(a) x_0 + sqrt(1 - a) eps (a = alpha_bar_t)
+is again a mixture, sum_k pi_k N(sqrt(a) mu_k, a Sigma_k + (1 - a) I) (eq. (O1)). Everything here
+follows from that in closed form. Each Sigma_k = U_k diag(lambda_k) U_k^T is diagonalised once, so
+the noised covariance is U_k diag(a lambda_k + 1 - a) U_k^T at every a, and a per-row a costs no
+more than a shared one. The log-density path uses autograd.numpy, so autograd can differentiate
+it in x (the tests check the analytic score against that gradient).
+"""
+import autograd.numpy as anp
+import numpy as np
+from autograd.scipy.special import logsumexp
+
+from .arrays import as_int_batch, as_points, as_timesteps
+from .labels import NULL_LABEL, as_labels
+from .process import q_sample
+
+LOG_2PI = np.log(2 * np.pi)
+
+
+class GaussianMixture:
+    """A labelled Gaussian mixture in any dimension, with its noised marginals in closed form.
+
+    Parameters
+    ----------
+    weights : array, shape (K,)
+        Positive component weights; normalised to sum to 1.
+    means : array, shape (K, D)
+    covs : array, shape (K, D, D)
+        Symmetric positive definite covariances.
+    labels : int array, shape (K,), optional
+        The class of each component; labels must be 0..L-1, each owning at least one component
+        (a label may own several). Default: component k has label k.
+    """
+
+    def __init__(self, weights, means, covs, labels=None):
+        means = as_points(means, "means").astype(np.float64)
+        K, D = means.shape
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (K,) or not np.all(np.isfinite(weights)) or not np.all(weights > 0):
+            raise ValueError(f"weights must be {K} finite positive numbers (one per mean), got {weights}")
+        covs = np.asarray(covs, dtype=np.float64)
+        if covs.shape != (K, D, D) or not np.all(np.isfinite(covs)):
+            raise ValueError(f"covs must be a finite array of shape {(K, D, D)}, got shape {covs.shape}")
+        if not np.allclose(covs, np.swapaxes(covs, 1, 2), rtol=1e-12, atol=1e-12):
+            raise ValueError("covs must be symmetric")
+        lam, U = np.linalg.eigh(covs)  # (K, D), (K, D, D): covs[k] = U[k] diag(lam[k]) U[k]^T
+        if not np.all(lam > 1e-12 * max(1.0, np.abs(lam).max())):
+            raise ValueError(f"covs must be positive definite, got eigenvalues {lam.min():.3g} <= 0")
+        labels = np.arange(K) if labels is None else as_int_batch(labels, K, "labels", "one integer per component")
+        L = int(labels.max()) + 1
+        if labels.min() < 0 or set(labels.tolist()) != set(range(L)):
+            raise ValueError(f"labels must use each of 0..L-1 at least once, got {labels.tolist()}")
+        self.weights = weights / weights.sum()
+        self.means, self.covs, self.labels = means, covs, labels
+        self._lam, self._U = lam, U
+        self.num_components, self.dim, self.num_labels = K, D, L
+        for arr in (self.weights, self.means, self.covs, self.labels, lam, U):
+            arr.flags.writeable = False
+
+    def __repr__(self):
+        return (f"GaussianMixture(components={self.num_components}, labels={self.num_labels}, "
+                f"dim={self.dim})")
+
+    # ---- checks -----------------------------------------------------------------------------
+    def _inputs(self, x, alpha_bar, y=None):
+        """Validate x (N, D), alpha_bar (scalar or (N,)) in [0, 1] and labels; shape a as (N, 1, 1)."""
+        x = as_points(x, "x", dim=self.dim)
+        n = x.shape[0]
+        a = np.asarray(alpha_bar, dtype=np.float64)
+        if a.ndim == 0:
+            a = np.full(n, float(a))
+        if a.shape != (n,) or not np.all(np.isfinite(a)) or not np.all((a >= 0) & (a <= 1)):
+            raise ValueError(f"alpha_bar must be a number or an array of shape ({n},) in [0, 1], got {alpha_bar}")
+        return x, a[:, None, None], as_labels(y, n, self.num_labels)
+
+    def _mask(self, y, n):
+        """Log-prior of each component given each row's label, shape (N, K): log pi_k or -inf."""
+        log_w = np.broadcast_to(np.log(self.weights), (n, self.num_components))
+        if y is None:
+            return log_w
+        owned = (self.labels[None, :] == y[:, None]) | (y[:, None] == NULL_LABEL)
+        return np.where(owned, log_w, -np.inf)
+
+    # ---- the noised components (eq. (O1)) ---------------------------------------------------
+    def _components(self, x, a):
+        """Per-component log density, projections and variances at alpha_bar a.
+
+        Returns log N(x; sqrt(a) mu_k, C_k) of shape (N, K), the coordinates z = U_k^T (x - sqrt(a)
+        mu_k) of shape (N, K, D) and the eigenvalues var = a lambda_k + 1 - a of C_k, (N, K, D).
+        """
+        var = a * self._lam[None] + (1 - a)
+        diff = x[:, None, :] - anp.sqrt(a) * self.means[None]
+        z = anp.einsum("nkd,kde->nke", diff, self._U)
+        log_n = -0.5 * anp.sum(z ** 2 / var + anp.log(var) + LOG_2PI, axis=2)
+        return log_n, z, var
+
+    def _responsibilities(self, x, a, y):
+        """p(component k | x_t, y), shape (N, K), with the components' (z, var) for reuse."""
+        log_n, z, var = self._components(x, a)
+        log_joint = self._mask(y, x.shape[0]) + log_n
+        return np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True)), z, var
+
+    # ---- exact quantities ---------------------------------------------------------------------
+    def log_prob_noised(self, x, alpha_bar, y=None):
+        """log q_t(x_t), or log q_t(x_t | y), at alpha_bar_t = a (eq. (O1)); shape (N,).
+
+        Differentiable in x by autograd.
+        """
+        x, a, y = self._inputs(x, alpha_bar, y)
+        log_prior = self._mask(y, x.shape[0])
+        log_n, _, _ = self._components(x, a)
+        return logsumexp(log_prior + log_n, axis=1) - logsumexp(log_prior, axis=1)
+
+    def log_prob(self, x, y=None):
+        """log p(x_0), or log p(x_0 | y): eq. (O1) at a = 1; shape (N,)."""
+        return self.log_prob_noised(x, 1.0, y)
+
+    def score(self, x, alpha_bar, y=None):
+        """grad_x log q_t(x_t [| y]) = -sum_k r_k C_k^{-1} (x - sqrt(a) mu_k) (eq. (O2)); shape (N, D)."""
+        x, a, y = self._inputs(x, alpha_bar, y)
+        r, z, var = self._responsibilities(x, a, y)
+        per_component = -np.einsum("kde,nke->nkd", self._U, z / var)
+        return np.einsum("nk,nkd->nd", r, per_component)
+
+    def eps(self, x, alpha_bar, y=None):
+        """The optimal noise prediction eps*(x_t) = -sqrt(1 - a) * score (eq. (O3)); shape (N, D)."""
+        a = np.broadcast_to(np.asarray(alpha_bar, dtype=np.float64), (np.shape(x)[0],))
+        return -np.sqrt(1 - a)[:, None] * self.score(x, alpha_bar, y)
+
+    def x0_mean(self, x, alpha_bar, y=None):
+        """E[x_0 | x_t [, y]] from the components' Gaussian posteriors (eq. (O4)); shape (N, D).
+
+        For component k, E[x_0 | x_t, k] = mu_k + sqrt(a) Sigma_k C_k^{-1} (x_t - sqrt(a) mu_k); the
+        mixture weights these by the responsibilities. Independent of the score, so it checks
+        Tweedie's formula (C7).
+        """
+        x, a, y = self._inputs(x, alpha_bar, y)
+        r, z, var = self._responsibilities(x, a, y)
+        shift = np.einsum("kde,nke->nkd", self._U, np.sqrt(a) * self._lam[None] * z / var)
+        return np.einsum("nk,nkd->nd", r, self.means[None] + shift)
+
+    def log_classifier(self, x, alpha_bar):
+        """The exact noisy classifier log p(y | x_t) for every label, shape (N, L) (eq. (O5)).
+
+        log p(y | x_t) = logsumexp_{k: label k = y} (log pi_k + log N_k(x_t)) - log q_t(x_t).
+        """
+        x, a, _ = self._inputs(x, alpha_bar)
+        log_joint = np.log(self.weights)[None] + self._components(x, a)[0]
+        per_label = np.stack([logsumexp(np.where(self.labels == c, log_joint, -np.inf), axis=1)
+                              for c in range(self.num_labels)], axis=1)
+        return per_label - logsumexp(log_joint, axis=1, keepdims=True)
+
+    def mean(self, y=None):
+        """E[x_0 (| y)] = sum_k w_k mu_k over the (label's renormalised) weights (eq. (O6)); shape (D,)."""
+        w = self._label_weights(y)
+        return w @ self.means
+
+    def cov(self, y=None):
+        """Cov[x_0 (| y)] = sum_k w_k (Sigma_k + mu_k mu_k^T) - m m^T (eq. (O6)); shape (D, D)."""
+        w, m = self._label_weights(y), self.mean(y)
+        second = np.einsum("k,kde->de", w, self.covs + np.einsum("kd,ke->kde", self.means, self.means))
+        return second - np.outer(m, m)
+
+    def _label_weights(self, y):
+        if y is None:
+            return self.weights
+        y = int(as_labels(y, 1, self.num_labels, allow_null=False)[0])
+        w = np.where(self.labels == y, self.weights, 0.0)
+        return w / w.sum()
+
+    def sample(self, n, rng, y=None):
+        """Draw n points: a component k by its weight (within label y if given), then N(mu_k, Sigma_k).
+
+        Returns (x, labels) of shapes (n, D) and (n,).
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be an integer >= 0, got {n!r}")
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        y = as_labels(y, n, self.num_labels, allow_null=False)
+        log_prior = self._mask(y, n)
+        g = rng.gumbel(size=(n, self.num_components))  # Gumbel-max: argmax is a draw from the prior
+        k = np.argmax(log_prior + g, axis=1)
+        z = rng.standard_normal((n, self.dim))
+        scale = self._U * np.sqrt(self._lam)[:, None, :]  # covs[k] = scale[k] scale[k]^T
+        x = self.means[k] + np.einsum("nde,ne->nd", scale[k], z)
+        return x, self.labels[k]
+
+    # ---- the model callables of DESIGN.md -----------------------------------------------------
+    def eps_model(self, sched):
+        """The exact denoiser as a model callable ``eps_model(x, t, y=None) -> eps`` (eq. (O3)).
+
+        t is an int or an int array in 1..T; y is None, an int, or an array that may hold
+        NULL_LABEL for rows that are unconditional.
+        """
+        def eps_model(x, t, y=None):
+            x = as_points(x, "x", dim=self.dim)
+            return self.eps(x, _alpha_bar(sched, t, x.shape[0]), y).astype(x.dtype)
+        return eps_model
+
+    def classifier(self, sched):
+        """The exact noisy classifier as ``logits_model(x, t) -> (N, L)`` logits (eq. (O5)).
+
+        The logits are log p(y | x_t) themselves, so their softmax is the exact posterior.
+        """
+        def logits_model(x, t):
+            x = as_points(x, "x", dim=self.dim)
+            return self.log_classifier(x, _alpha_bar(sched, t, x.shape[0])).astype(x.dtype)
+        return logits_model
+
+    def optimal_loss(self, sched, n, rng, conditional=False):
+        """Monte Carlo estimate of the Bayes-optimal denoising loss and its standard error (eq. (O7)).
+
+        L* = E_{t ~ U{1..T}, x_0, eps} [ ||eps - eps*(x_t, t)||^2 / D ], the per-coordinate mean
+        squared error of the exact denoiser (the floor of the eps-MSE of Ho et al. 2020, eq. 14).
+        With ``conditional=True`` the denoiser knows each sample's label (eps*(x_t, t, y)).
+
+        Returns
+        -------
+        (loss, stderr) : the sample mean over n draws and its standard error std / sqrt(n).
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"n must be an integer >= 2, got {n!r}")
+        x0, y = self.sample(n, rng)
+        t = rng.integers(1, sched.T + 1, size=n)
+        eps = rng.standard_normal(x0.shape)
+        xt = q_sample(sched, x0, t, eps)
+        err = np.mean((eps - self.eps(xt, sched.alpha_bar[t], y if conditional else None)) ** 2, axis=1)
+        return float(err.mean()), float(err.std(ddof=1) / np.sqrt(n))
+
+
+def _alpha_bar(sched, t, n):
+    """alpha_bar_t for integer t in 1..T, one per row: shape (n,)."""
+    return sched.alpha_bar[as_timesteps(t, n, sched.T)]

@@ -1,0 +1,119 @@
+"""The forward process q(x_t | x_0), its posterior, and the conversions between eps, x0, score
+and v (docs/process.md).
+
+Every function takes the schedule and integer timesteps t in 1..T (an int, or one per row), and
+batch-first arrays of shape (N, D). Coefficients are gathered from float64 tables and cast to the
+input's dtype, so float32 in gives float32 out.
+
+Notation (docs/notation.md): a = alpha_bar_t, sigma = sqrt(1 - a).
+"""
+import numpy as np
+from autograd.tracer import getval
+
+from .arrays import as_points, as_timesteps
+
+
+def column(table, t, like):
+    """table[t] as a column of shape (N, 1) in the dtype of ``like``, to broadcast against (N, D)."""
+    return table[t].astype(like.dtype)[:, None]
+
+
+def _prepare(sched, t, *arrays):
+    """Check arrays of one shape (N, D) and timesteps in 1..T.
+
+    Returns the arrays (in a common floating dtype), t as int64 of shape (N,), and
+    a = alpha_bar_t as a column of shape (N, 1).
+    """
+    names = [name for name, _ in arrays]
+    xs = [as_points(value, name=name) for name, value in arrays]
+    for name, x in zip(names[1:], xs[1:]):
+        if x.shape != xs[0].shape:
+            raise ValueError(f"{name} must have the shape of {names[0]} {xs[0].shape}, got {x.shape}")
+    dtype = np.result_type(*map(getval, xs))
+    xs = [x if getval(x).dtype == dtype else x.astype(dtype) for x in xs]
+    t = as_timesteps(t, xs[0].shape[0], sched.T)
+    return xs, t, column(sched.alpha_bar, t, xs[0])
+
+
+def q_sample(sched, x0, t, eps):
+    """Draw x_t ~ q(x_t | x_0) given the noise: x_t = sqrt(a) x0 + sqrt(1 - a) eps (eq. (P1)).
+
+    Ho et al. (2020), eq. 4. Returns an array of shape (N, D).
+    """
+    (x0, eps), _, a = _prepare(sched, t, ("x0", x0), ("eps", eps))
+    return np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
+
+
+def q_posterior(sched, x0, xt, t):
+    """Mean and variance of q(x_{t-1} | x_t, x_0) (eq. (P2), (P3); Ho et al. 2020, eqs. 6-7).
+
+    mean = sqrt(a_{t-1}) beta_t / (1 - a_t) x0 + sqrt(alpha_t) (1 - a_{t-1}) / (1 - a_t) x_t,
+    var  = (1 - a_{t-1}) / (1 - a_t) beta_t.
+
+    Returns
+    -------
+    mean : ndarray, shape (N, D)
+    var : ndarray, shape (N, 1), the same for every coordinate.
+    """
+    (x0, xt), t, a = _prepare(sched, t, ("x0", x0), ("xt", xt))
+    a_prev, beta = column(sched.alpha_bar, t - 1, xt), column(sched.betas, t, xt)
+    mean = (np.sqrt(a_prev) * beta * x0 + np.sqrt(1 - beta) * (1 - a_prev) * xt) / (1 - a)
+    return mean, (1 - a_prev) / (1 - a) * beta
+
+
+def eps_to_x0(sched, xt, t, eps):
+    """x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), inverting eq. (P1) (eq. (C1))."""
+    (xt, eps), _, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
+    return (xt - np.sqrt(1 - a) * eps) / np.sqrt(a)
+
+
+def x0_to_eps(sched, xt, t, x0):
+    """eps = (x_t - sqrt(a) x0) / sqrt(1 - a), inverting eq. (P1) (eq. (C2))."""
+    (xt, x0), _, a = _prepare(sched, t, ("xt", xt), ("x0", x0))
+    return (xt - np.sqrt(a) * x0) / np.sqrt(1 - a)
+
+
+def eps_to_score(sched, t, eps):
+    """score = grad log q_t(x_t) = -eps / sqrt(1 - a) (eq. (C3); Song et al. 2021, eq. for VP)."""
+    (eps,), _, a = _prepare(sched, t, ("eps", eps))
+    return -eps / np.sqrt(1 - a)
+
+
+def score_to_eps(sched, t, score):
+    """eps = -sqrt(1 - a) * score, inverting eq. (C3) (eq. (C4))."""
+    (score,), _, a = _prepare(sched, t, ("score", score))
+    return -np.sqrt(1 - a) * score
+
+
+def eps_to_v(sched, xt, t, eps):
+    """v = sqrt(a) eps - sqrt(1 - a) x0 = (eps - sqrt(1 - a) x_t) / sqrt(a) (eq. (C5)).
+
+    Salimans & Ho (2022), Sec. 4 and Appendix D.
+    """
+    (xt, eps), _, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
+    return (eps - np.sqrt(1 - a) * xt) / np.sqrt(a)
+
+
+def v_to_eps(sched, xt, t, v):
+    """eps = sqrt(1 - a) x_t + sqrt(a) v, inverting eq. (C5) (eq. (C6))."""
+    (xt, v), _, a = _prepare(sched, t, ("xt", xt), ("v", v))
+    return np.sqrt(1 - a) * xt + np.sqrt(a) * v
+
+
+def tweedie_x0(sched, xt, t, score):
+    """E[x_0 | x_t] = (x_t + (1 - a) score) / sqrt(a), Tweedie's formula (eq. (C7)).
+
+    Efron (2011); it is eq. (C1) with the optimal eps = -sqrt(1 - a) score substituted.
+    """
+    (xt, score), _, a = _prepare(sched, t, ("xt", xt), ("score", score))
+    return (xt + (1 - a) * score) / np.sqrt(a)
+
+
+def p_mean(sched, xt, t, eps):
+    """Mean of the learned reverse step: (x_t - beta_t / sqrt(1 - a) eps) / sqrt(alpha_t) (eq. (P4)).
+
+    Ho et al. (2020), eq. 11; equal to the posterior mean (P2) at x0 = eps_to_x0(x_t, eps).
+    """
+    (xt, eps), t, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
+    beta = column(sched.betas, t, xt)
+    return (xt - beta / np.sqrt(1 - a) * eps) / np.sqrt(1 - beta)

@@ -1,0 +1,153 @@
+"""Noise schedules and timestep selection (docs/schedule.md).
+
+Math time t runs over 0..T with t = 0 the clean data, so every array here has length T + 1 and
+``alpha_bar[0] == 1``, ``betas[0] == 0``. diffusers and guided-diffusion index the same steps by
+k = t - 1 (docs/notation.md, eq. (N1)).
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A variance schedule beta_1..beta_T and the quantities derived from it (eq. (S1)).
+
+    Attributes
+    ----------
+    betas : ndarray, shape (T + 1,)
+        betas[0] = 0, betas[t] = beta_t for t = 1..T.
+    alphas : ndarray, shape (T + 1,)
+        alpha_t = 1 - beta_t.
+    alpha_bar : ndarray, shape (T + 1,)
+        alpha_bar_t = prod_{s <= t} alpha_s, so alpha_bar[0] = 1.
+    T : int
+        Number of diffusion steps.
+
+    Build one with ``Schedule.linear``, ``Schedule.cosine`` or ``Schedule.from_betas``.
+    """
+
+    betas: np.ndarray
+
+    def __post_init__(self):
+        betas = np.array(self.betas, dtype=np.float64)
+        if betas.ndim != 1 or betas.size < 2 or betas[0] != 0.0:
+            raise ValueError("betas must be a 1-D array [0, beta_1, ..., beta_T] with T >= 1; "
+                             "use Schedule.from_betas for beta_1..beta_T")
+        _check_betas(betas[1:])
+        alphas = 1.0 - betas
+        if np.any(alphas[1:] == 1.0):
+            raise ValueError("betas must be large enough that 1 - beta < 1 in float64 (beta > ~1e-16)")
+        alpha_bar = np.cumprod(alphas)
+        for arr in (betas, alphas, alpha_bar):
+            arr.flags.writeable = False
+        object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "alphas", alphas)
+        object.__setattr__(self, "alpha_bar", alpha_bar)
+
+    @property
+    def T(self):
+        return self.betas.size - 1
+
+    def __repr__(self):
+        return f"Schedule(T={self.T}, alpha_bar_T={self.alpha_bar[-1]:.3g})"
+
+    @classmethod
+    def from_betas(cls, betas):
+        """Schedule from beta_1..beta_T, each in (0, 1] (eq. (S1))."""
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or betas.size < 1:
+            raise ValueError(f"betas must be a 1-D array of length T >= 1, got shape {betas.shape}")
+        _check_betas(betas)
+        return cls(np.concatenate([[0.0], betas]))
+
+    @classmethod
+    def linear(cls, T, beta_start=1e-4, beta_end=0.02):
+        """Linear betas rescaled by 1000 / T, as guided-diffusion does (eq. (S2)).
+
+        beta_t = (1000 / T) * linspace(beta_start, beta_end, T)[t - 1]; for T = 1000 this is
+        diffusers' "linear" schedule (Ho et al. 2020, Sec. 4) and any T keeps alpha_bar_T near 4e-5.
+        """
+        T = _check_T(T)
+        for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        scale = 1000.0 / T
+        return cls.from_betas(np.linspace(scale * beta_start, scale * beta_end, T))
+
+    @classmethod
+    def cosine(cls, T, s=0.008, max_beta=0.999):
+        """Cosine schedule of Nichol & Dhariwal (2021, eq. 17), betas capped at max_beta (eq. (S3)).
+
+        alpha_bar(t) = f(t) / f(0) with f(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2), and
+        beta_t = min(1 - f(t) / f(t - 1), max_beta); diffusers calls it "squaredcos_cap_v2".
+        """
+        T = _check_T(T)
+        if not (math.isfinite(s) and s >= 0):
+            raise ValueError(f"s must be a finite number >= 0, got {s}")
+        if not (math.isfinite(max_beta) and 0 < max_beta <= 1):
+            raise ValueError(f"max_beta must be in (0, 1], got {max_beta}")
+        f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2) ** 2
+        return cls.from_betas(np.minimum(1.0 - f[1:] / f[:-1], max_beta))
+
+    def timesteps(self, steps, spacing="leading"):
+        """The `steps` timesteps a fast sampler visits, in decreasing order, each in 1..T (eq. (S4)).
+
+        Exactly diffusers' ``set_timesteps`` with ``timestep_spacing=spacing`` and steps_offset 0,
+        shifted by one (diffusers' k = our t - 1):
+        - "leading":  k = r * i for i = 0..steps-1, r = T // steps (the largest t is below T);
+        - "trailing": k = round(T - i * T / steps) - 1 (starts at t = T);
+        - "linspace": k = round(linspace(0, T - 1, steps)) (both ends included).
+        """
+        T = self.T
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
+            raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
+        if spacing == "leading":
+            k = np.arange(steps) * (T // steps)
+        elif spacing == "trailing":
+            k = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+        elif spacing == "linspace":
+            k = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
+        else:
+            raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+        return np.sort(k.astype(np.int64) + 1)[::-1].copy()
+
+    def respace(self, timesteps):
+        """The schedule that steps straight between the given timesteps (eq. (S5)).
+
+        With sorted timesteps t_1 < ... < t_S, the new schedule has T' = S and
+        alpha_bar'_j = alpha_bar_{t_j}, hence beta'_j = 1 - alpha_bar_{t_j} / alpha_bar_{t_{j-1}}
+        (t_0 = 0): guided-diffusion's ``space_timesteps``. Index j of the new schedule stands
+        for original timestep t_j, which is what a model must be called with.
+        """
+        ts = np.unique(np.asarray(timesteps))
+        if ts.size == 0 or not np.issubdtype(ts.dtype, np.integer) or ts[0] < 1 or ts[-1] > self.T:
+            raise ValueError(f"timesteps must be distinct integers in 1..{self.T}, got {np.asarray(timesteps)}")
+        alpha_bar = np.concatenate([[1.0], self.alpha_bar[ts]])
+        return Schedule.from_betas(1.0 - alpha_bar[1:] / alpha_bar[:-1])
+
+    def posterior_variance(self):
+        """beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t for t = 0..T (eq. (P3)).
+
+        Index 0 is set to 0 (there is no step into t = -1).
+        """
+        var = np.zeros(self.T + 1)
+        var[1:] = (1.0 - self.alpha_bar[:-1]) / (1.0 - self.alpha_bar[1:]) * self.betas[1:]
+        return var
+
+
+def _check_T(T):
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"T must be an integer >= 1, got {T!r}")
+    return int(T)
+
+
+def _check_betas(betas):
+    if not np.all(np.isfinite(betas)):
+        raise ValueError("betas must be finite, got NaN or inf")
+    if not np.all((betas > 0) & (betas <= 1)):
+        bad = betas[~((betas > 0) & (betas <= 1))][0]
+        raise ValueError(f"betas must lie in (0, 1], got {bad}")
