@@ -53,3 +53,17 @@ def as_timesteps(t, n, T, name="t", low=1):
     if bad.size:
         raise ValueError(f"{name} must be in {low}..{T}, got {bad[0]}")
     return arr
+
+
+def as_count(n, name="n", low=0):
+    """Return n as an int, raising ValueError unless it is an integer >= low (a bool is not)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {n!r}")
+    return int(n)
+
+
+def check_rng(rng, name="rng"):
+    """Return rng, raising ValueError unless it is a numpy.random.Generator (DESIGN.md, "Randomness")."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"{name} must be a numpy.random.Generator, got {type(rng).__name__}")
+    return rng

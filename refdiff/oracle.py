@@ -12,7 +12,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.scipy.special import logsumexp
 
-from .arrays import as_int_batch, as_points, as_timesteps
+from .arrays import as_count, as_int_batch, as_points, as_timesteps, check_rng
 from .labels import NULL_LABEL, as_labels
 from .process import q_sample
 
@@ -40,7 +40,7 @@ class GaussianMixture:
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (K,) or not np.all(np.isfinite(weights)) or not np.all(weights > 0):
             raise ValueError(f"weights must be {K} finite positive numbers (one per mean), got {weights}")
-        covs = np.asarray(covs, dtype=np.float64)
+        covs = np.array(covs, dtype=np.float64)  # a copy: it is frozen below
         if covs.shape != (K, D, D) or not np.all(np.isfinite(covs)):
             raise ValueError(f"covs must be a finite array of shape {(K, D, D)}, got shape {covs.shape}")
         if not np.allclose(covs, np.swapaxes(covs, 1, 2), rtol=1e-12, atol=1e-12):
@@ -126,8 +126,8 @@ class GaussianMixture:
 
     def eps(self, x, alpha_bar, y=None):
         """The optimal noise prediction eps*(x_t) = -sqrt(1 - a) * score (eq. (O3)); shape (N, D)."""
-        a = np.broadcast_to(np.asarray(alpha_bar, dtype=np.float64), (np.shape(x)[0],))
-        return -np.sqrt(1 - a)[:, None] * self.score(x, alpha_bar, y)
+        score = self.score(x, alpha_bar, y)  # validates the inputs
+        return -np.sqrt(1 - np.broadcast_to(alpha_bar, (score.shape[0],)))[:, None] * score
 
     def x0_mean(self, x, alpha_bar, y=None):
         """E[x_0 | x_t [, y]] from the components' Gaussian posteriors (eq. (O4)); shape (N, D).
@@ -175,10 +175,7 @@ class GaussianMixture:
 
         Returns (x, labels) of shapes (n, D) and (n,).
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n must be an integer >= 0, got {n!r}")
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        n, rng = as_count(n), check_rng(rng)
         y = as_labels(y, n, self.num_labels, allow_null=False)
         log_prior = self._mask(y, n)
         g = rng.gumbel(size=(n, self.num_components))  # Gumbel-max: argmax is a draw from the prior
@@ -221,8 +218,7 @@ class GaussianMixture:
         -------
         (loss, stderr) : the sample mean over n draws and its standard error std / sqrt(n).
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-            raise ValueError(f"n must be an integer >= 2, got {n!r}")
+        n = as_count(n, low=2)
         x0, y = self.sample(n, rng)
         t = rng.integers(1, sched.T + 1, size=n)
         eps = rng.standard_normal(x0.shape)

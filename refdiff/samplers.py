@@ -10,7 +10,7 @@ started from (original indexing, 1..T), the new state x_{t_prev} and the eps use
 """
 import numpy as np
 
-from .arrays import as_points
+from .arrays import as_points, check_rng
 from .process import column, eps_to_x0, p_mean
 
 VARIANCES = ("beta_tilde", "beta")
@@ -80,8 +80,8 @@ def ddim(eps_fn, sched, x_T, steps, eta=0.0, spacing="leading", rng=None, return
 
 def _start(x_T, rng, needs_rng):
     """Validate the starting noise and, when the sampler draws noise, the rng."""
-    if needs_rng and not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if needs_rng:
+        check_rng(rng)
     return as_points(x_T, "x_T")
 
 
