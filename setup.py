@@ -1,8 +1,12 @@
+import re
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "(.+)"', open("refdiff/__init__.py", encoding="utf-8").read()).group(1)
 
 setup(
     name="refdiff",
-    version="0.1.0",
+    version=VERSION,
     description="A NumPy-only reference implementation of guided diffusion, checked against closed forms.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

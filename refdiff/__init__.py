@@ -1,0 +1,8 @@
+"""refdiff: a NumPy-only reference implementation of guided diffusion, checked against closed forms.
+
+Modules (docs/README.md maps each equation to its function):
+schedule (noise schedules, timestep spacing), process (forward process, posterior, eps/x0/score/v
+conversions), oracle (the exact Gaussian-mixture oracle), samplers (DDPM, DDIM), metrics
+(two-sample test, per-class moments), labels and arrays (input checks), cli (the ``refdiff`` command).
+"""
+__version__ = "0.1.0"
