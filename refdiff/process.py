@@ -74,7 +74,11 @@ def x0_to_eps(sched, xt, t, x0):
 
 
 def eps_to_score(sched, t, eps):
-    """score = grad log q_t(x_t) = -eps / sqrt(1 - a) (eq. (C3); Song et al. 2021, eq. for VP)."""
+    """The score that a noise prediction implies: -eps / sqrt(1 - a) (eq. (C3)).
+
+    For the optimal eps = E[eps | x_t] this is grad log q_t(x_t) exactly (Song et al. 2021,
+    Secs. 3.3-3.4, VP SDE; docs/process.md derives it).
+    """
     (eps,), _, a = _prepare(sched, t, ("eps", eps))
     return -eps / np.sqrt(1 - a)
 

@@ -16,14 +16,15 @@ from .process import column, eps_to_x0, p_mean
 VARIANCES = ("beta_tilde", "beta")
 
 
-def ddpm(eps_fn, sched, x_T, rng, variance="beta_tilde", steps=None, spacing="leading",
+def ddpm(eps_fn, sched, x_T, rng, variance="beta_tilde", steps=None, spacing=None,
          return_path=False, callback=None):
     """Ancestral sampling, Ho et al. (2020) Algorithm 2 (eq. (D1)).
 
     x_{t-1} = mu(x_t, eps) + sigma_t z with mu from eq. (P4) and z ~ N(0, I) for t > 1, z = 0
     at the last step. sigma_t^2 is beta_tilde_t (eq. (P3), the true posterior variance) or beta_t.
     With ``steps`` the chain runs on the respaced schedule over ``sched.timesteps(steps, spacing)``
-    (eq. (S5)), calling eps_fn with the original timesteps (Nichol & Dhariwal 2021, Sec. 4).
+    (eq. (S5); spacing defaults to "leading"), calling eps_fn with the original timesteps
+    (Nichol & Dhariwal 2021, Sec. 4). ``spacing`` without ``steps`` is an error.
 
     Parameters
     ----------
@@ -34,8 +35,10 @@ def ddpm(eps_fn, sched, x_T, rng, variance="beta_tilde", steps=None, spacing="le
     """
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    if steps is None and spacing is not None:
+        raise ValueError(f"spacing={spacing!r} needs steps: without steps DDPM visits every timestep")
     x = _start(x_T, rng, needs_rng=True)
-    ts = sched.timesteps(steps, spacing) if steps is not None else np.arange(sched.T, 0, -1)
+    ts = np.arange(sched.T, 0, -1) if steps is None else sched.timesteps(steps, spacing or "leading")
     sub = sched.respace(ts)
     var_table = sub.posterior_variance() if variance == "beta_tilde" else sub.betas
     path = [x]

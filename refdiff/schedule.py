@@ -69,7 +69,10 @@ class Schedule:
         """Linear betas rescaled by 1000 / T, as guided-diffusion does (eq. (S2)).
 
         beta_t = (1000 / T) * linspace(beta_start, beta_end, T)[t - 1]; for T = 1000 this is
-        diffusers' "linear" schedule (Ho et al. 2020, Sec. 4) and any T keeps alpha_bar_T near 4e-5.
+        diffusers' "linear" schedule (Ho et al. 2020, Sec. 4). The rescaling keeps the sum of the
+        betas, hence alpha_bar_T, nearly fixed: 4.04e-5 at T = 1000, tending to
+        exp(-500 (beta_start + beta_end)) = 4.3e-5 as T grows, 2.0e-5 at T = 100. Below T = 20 the
+        rescaled beta_end exceeds 1 and the schedule is rejected.
         """
         T = _check_T(T)
         for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
@@ -98,7 +101,8 @@ class Schedule:
 
         Exactly diffusers' ``set_timesteps`` with ``timestep_spacing=spacing`` and steps_offset 0,
         shifted by one (diffusers' k = our t - 1):
-        - "leading":  k = r * i for i = 0..steps-1, r = T // steps (the largest t is below T);
+        - "leading":  k = r * i for i = 0..steps-1, r = T // steps (t = T is reached only when
+          r * (steps - 1) = T - 1, e.g. steps = T);
         - "trailing": k = round(T - i * T / steps) - 1 (starts at t = T);
         - "linspace": k = round(linspace(0, T - 1, steps)) (both ends included).
         """
@@ -107,8 +111,10 @@ class Schedule:
             raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
         if spacing == "leading":
             k = np.arange(steps) * (T // steps)
-        elif spacing == "trailing":
-            k = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+        elif spacing == "trailing":  # diffusers writes arange(T, 0, -T / steps), which can
+            # yield steps + 1 values through float round-off (e.g. T = 1000, steps = 61); we take
+            # exactly the first `steps` of them.
+            k = np.round(T - np.arange(steps) * (T / steps)).astype(np.int64) - 1
         elif spacing == "linspace":
             k = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
         else:
@@ -120,7 +126,8 @@ class Schedule:
 
         With sorted timesteps t_1 < ... < t_S, the new schedule has T' = S and
         alpha_bar'_j = alpha_bar_{t_j}, hence beta'_j = 1 - alpha_bar_{t_j} / alpha_bar_{t_{j-1}}
-        (t_0 = 0): guided-diffusion's ``space_timesteps``. Index j of the new schedule stands
+        (t_0 = 0), as guided-diffusion's ``SpacedDiffusion`` computes them for the timesteps that
+        ``space_timesteps`` picks. Index j of the new schedule stands
         for original timestep t_j, which is what a model must be called with.
         """
         ts = np.unique(np.asarray(timesteps))

@@ -92,7 +92,8 @@ class Spec:
 
     def run(self, eps_fn, x_T, rng):
         if self.kind == "ddpm":
-            return ddpm(eps_fn, self.sched, x_T, rng, variance=self.option, steps=self.steps, spacing=self.spacing)
+            spacing = None if self.steps is None else self.spacing
+            return ddpm(eps_fn, self.sched, x_T, rng, variance=self.option, steps=self.steps, spacing=spacing)
         return ddim(eps_fn, self.sched, x_T, self.steps, eta=self.option, spacing=self.spacing, rng=rng)
 
 
@@ -315,6 +316,7 @@ def test_float32_follows_float64_on_a_deterministic_chain():
     (lambda f, x: ddpm(f, SMALL, x, np.random.default_rng(0), steps=0), "steps"),
     (lambda f, x: ddpm(f, SMALL, x, np.random.default_rng(0), steps=41), "steps"),
     (lambda f, x: ddpm(f, SMALL, x, np.random.default_rng(0), steps=5, spacing="even"), "spacing"),
+    (lambda f, x: ddpm(f, SMALL, x, np.random.default_rng(0), spacing="trailing"), "spacing"),
     (lambda f, x: ddim(f, SMALL, x, 10, eta=-0.1), "eta"),
     (lambda f, x: ddim(f, SMALL, x, 10, eta=float("nan")), "eta"),
     (lambda f, x: ddim(f, SMALL, x, 10, eta=0.5), "rng"),
