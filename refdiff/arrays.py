@@ -13,7 +13,7 @@ def as_points(x, name="x", dim=None):
     if getval(x) is not x:
         as_points(getval(x), name, dim)
         return x
-    arr = np.asarray(x)
+    arr = _asarray(x, name, "a numeric array of shape (N, D)")
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise ValueError(f"{name} must be a numeric array of shape (N, D), got dtype {arr.dtype}")
     if arr.ndim != 2:
@@ -33,12 +33,15 @@ def as_int_batch(v, n, name, expected):
     Whole-valued floats (labels read back from a file) are accepted; anything else raises a
     ValueError naming ``name`` and ``expected``.
     """
-    arr = np.asarray(v)
+    arr = _asarray(v, name, expected)
     integral = np.issubdtype(arr.dtype, np.integer) or (
         np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
     if arr.dtype == bool or not integral:
         raise ValueError(f"{name} must be {expected}, got {arr if arr.ndim == 0 else arr.dtype}")
-    arr = arr.astype(np.int64)
+    as_int64 = arr.astype(np.int64)
+    if not np.all(as_int64 == arr):  # a value beyond int64 would wrap around
+        raise ValueError(f"{name} must be {expected}, got a value outside the int64 range")
+    arr = as_int64
     if arr.ndim == 0:
         arr = np.full(n, int(arr), dtype=np.int64)
     if arr.shape != (n,):
@@ -67,3 +70,11 @@ def check_rng(rng, name="rng"):
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"{name} must be a numpy.random.Generator, got {type(rng).__name__}")
     return rng
+
+
+def _asarray(value, name, expected):
+    """np.asarray, with a ragged or otherwise unconvertible input reported as a ValueError naming ``name``."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name} must be {expected}, got something numpy cannot convert ({err})") from None

@@ -2,8 +2,9 @@
 and v (docs/process.md).
 
 Every function takes the schedule and integer timesteps t in 1..T (an int, or one per row), and
-batch-first arrays of shape (N, D). Coefficients are gathered from float64 tables and cast to the
-input's dtype, so float32 in gives float32 out.
+batch-first arrays of shape (N, D). Each result is a linear combination of two arrays whose
+coefficients are computed in float64 from the schedule's tables and cast once to the input's
+dtype, so float32 in gives float32 out without losing 1 - alpha_bar near t = 1.
 
 Notation (docs/notation.md): a = alpha_bar_t, sigma = sqrt(1 - a).
 """
@@ -22,7 +23,7 @@ def _prepare(sched, t, *arrays):
     """Check arrays of one shape (N, D) and timesteps in 1..T.
 
     Returns the arrays (in a common floating dtype), t as int64 of shape (N,), and
-    a = alpha_bar_t as a column of shape (N, 1).
+    a = alpha_bar_t as a float64 column of shape (N, 1).
     """
     names = [name for name, _ in arrays]
     xs = [as_points(value, name=name) for name, value in arrays]
@@ -32,7 +33,13 @@ def _prepare(sched, t, *arrays):
     dtype = np.result_type(*map(getval, xs))
     xs = [x if getval(x).dtype == dtype else x.astype(dtype) for x in xs]
     t = as_timesteps(t, xs[0].shape[0], sched.T)
-    return xs, t, column(sched.alpha_bar, t, xs[0])
+    return xs, t, sched.alpha_bar[t][:, None]
+
+
+def _combine(c1, x1, c2=None, x2=None):
+    """c1 * x1 (+ c2 * x2), the float64 coefficient columns cast to the arrays' dtype first."""
+    out = c1.astype(x1.dtype) * x1
+    return out if c2 is None else out + c2.astype(x1.dtype) * x2
 
 
 def q_sample(sched, x0, t, eps):
@@ -41,7 +48,7 @@ def q_sample(sched, x0, t, eps):
     Ho et al. (2020), eq. 4. Returns an array of shape (N, D).
     """
     (x0, eps), _, a = _prepare(sched, t, ("x0", x0), ("eps", eps))
-    return np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
+    return _combine(np.sqrt(a), x0, np.sqrt(1 - a), eps)
 
 
 def q_posterior(sched, x0, xt, t):
@@ -56,21 +63,21 @@ def q_posterior(sched, x0, xt, t):
     var : ndarray, shape (N, 1), the same for every coordinate.
     """
     (x0, xt), t, a = _prepare(sched, t, ("x0", x0), ("xt", xt))
-    a_prev, beta = column(sched.alpha_bar, t - 1, xt), column(sched.betas, t, xt)
-    mean = (np.sqrt(a_prev) * beta * x0 + np.sqrt(1 - beta) * (1 - a_prev) * xt) / (1 - a)
-    return mean, (1 - a_prev) / (1 - a) * beta
+    a_prev, beta = sched.alpha_bar[t - 1][:, None], sched.betas[t][:, None]
+    mean = _combine(np.sqrt(a_prev) * beta / (1 - a), x0, np.sqrt(1 - beta) * (1 - a_prev) / (1 - a), xt)
+    return mean, ((1 - a_prev) / (1 - a) * beta).astype(mean.dtype)
 
 
 def eps_to_x0(sched, xt, t, eps):
     """x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), inverting eq. (P1) (eq. (C1))."""
     (xt, eps), _, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
-    return (xt - np.sqrt(1 - a) * eps) / np.sqrt(a)
+    return _combine(1 / np.sqrt(a), xt, -np.sqrt(1 - a) / np.sqrt(a), eps)
 
 
 def x0_to_eps(sched, xt, t, x0):
     """eps = (x_t - sqrt(a) x0) / sqrt(1 - a), inverting eq. (P1) (eq. (C2))."""
     (xt, x0), _, a = _prepare(sched, t, ("xt", xt), ("x0", x0))
-    return (xt - np.sqrt(a) * x0) / np.sqrt(1 - a)
+    return _combine(1 / np.sqrt(1 - a), xt, -np.sqrt(a) / np.sqrt(1 - a), x0)
 
 
 def eps_to_score(sched, t, eps):
@@ -80,13 +87,13 @@ def eps_to_score(sched, t, eps):
     Secs. 3.3-3.4, VP SDE; docs/process.md derives it).
     """
     (eps,), _, a = _prepare(sched, t, ("eps", eps))
-    return -eps / np.sqrt(1 - a)
+    return _combine(-1 / np.sqrt(1 - a), eps)
 
 
 def score_to_eps(sched, t, score):
     """eps = -sqrt(1 - a) * score, inverting eq. (C3) (eq. (C4))."""
     (score,), _, a = _prepare(sched, t, ("score", score))
-    return -np.sqrt(1 - a) * score
+    return _combine(-np.sqrt(1 - a), score)
 
 
 def eps_to_v(sched, xt, t, eps):
@@ -95,13 +102,13 @@ def eps_to_v(sched, xt, t, eps):
     Salimans & Ho (2022), Sec. 4 and Appendix D.
     """
     (xt, eps), _, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
-    return (eps - np.sqrt(1 - a) * xt) / np.sqrt(a)
+    return _combine(1 / np.sqrt(a), eps, -np.sqrt(1 - a) / np.sqrt(a), xt)
 
 
 def v_to_eps(sched, xt, t, v):
     """eps = sqrt(1 - a) x_t + sqrt(a) v, inverting eq. (C5) (eq. (C6))."""
     (xt, v), _, a = _prepare(sched, t, ("xt", xt), ("v", v))
-    return np.sqrt(1 - a) * xt + np.sqrt(a) * v
+    return _combine(np.sqrt(1 - a), xt, np.sqrt(a), v)
 
 
 def tweedie_x0(sched, xt, t, score):
@@ -110,7 +117,7 @@ def tweedie_x0(sched, xt, t, score):
     Efron (2011); it is eq. (C1) with the optimal eps = -sqrt(1 - a) score substituted.
     """
     (xt, score), _, a = _prepare(sched, t, ("xt", xt), ("score", score))
-    return (xt + (1 - a) * score) / np.sqrt(a)
+    return _combine(1 / np.sqrt(a), xt, (1 - a) / np.sqrt(a), score)
 
 
 def p_mean(sched, xt, t, eps):
@@ -119,5 +126,5 @@ def p_mean(sched, xt, t, eps):
     Ho et al. (2020), eq. 11; equal to the posterior mean (P2) at x0 = eps_to_x0(x_t, eps).
     """
     (xt, eps), t, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
-    beta = column(sched.betas, t, xt)
-    return (xt - beta / np.sqrt(1 - a) * eps) / np.sqrt(1 - beta)
+    beta = sched.betas[t][:, None]
+    return _combine(1 / np.sqrt(1 - beta), xt, -beta / (np.sqrt(1 - a) * np.sqrt(1 - beta)), eps)

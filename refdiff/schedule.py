@@ -79,7 +79,11 @@ class Schedule:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
         scale = 1000.0 / T
-        return cls.from_betas(np.linspace(scale * beta_start, scale * beta_end, T))
+        betas = np.linspace(scale * beta_start, scale * beta_end, T)
+        if betas.max() > 1:
+            raise ValueError(f"T={T} is too small for beta_start={beta_start}, beta_end={beta_end}: "
+                             f"the rescaled betas (1000 / T) * beta must stay <= 1")
+        return cls.from_betas(betas)
 
     @classmethod
     def cosine(cls, T, s=0.008, max_beta=0.999):
@@ -111,10 +115,9 @@ class Schedule:
             raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
         if spacing == "leading":
             k = np.arange(steps) * (T // steps)
-        elif spacing == "trailing":  # diffusers writes arange(T, 0, -T / steps), which can
-            # yield steps + 1 values through float round-off (e.g. T = 1000, steps = 61); we take
-            # exactly the first `steps` of them.
-            k = np.round(T - np.arange(steps) * (T / steps)).astype(np.int64) - 1
+        elif spacing == "trailing":  # diffusers' arange(T, 0, -T / steps) can yield steps + 1
+            # values through float round-off (e.g. T = 1000, steps = 61); we keep the first `steps`.
+            k = np.round(np.arange(T, 0, -T / steps))[:steps].astype(np.int64) - 1
         elif spacing == "linspace":
             k = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
         else:
@@ -133,8 +136,10 @@ class Schedule:
         ts = np.unique(np.asarray(timesteps))
         if ts.size == 0 or not np.issubdtype(ts.dtype, np.integer) or ts[0] < 1 or ts[-1] > self.T:
             raise ValueError(f"timesteps must be distinct integers in 1..{self.T}, got {np.asarray(timesteps)}")
-        alpha_bar = np.concatenate([[1.0], self.alpha_bar[ts]])
-        return Schedule.from_betas(1.0 - alpha_bar[1:] / alpha_bar[:-1])
+        # alpha_bar_{t_j} / alpha_bar_{t_{j-1}} as the product of alpha_s over t_{j-1} < s <= t_j:
+        # the same number, but it stays in [0, 1) where alpha_bar itself reaches 0 or underflows.
+        ratio = np.multiply.reduceat(self.alphas[1:ts[-1] + 1], np.concatenate([[0], ts[:-1]]))
+        return Schedule.from_betas(1.0 - ratio)
 
     def posterior_variance(self):
         """beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t for t = 0..T (eq. (P3)).
