@@ -332,3 +332,21 @@ def test_bad_input_raises(call, match):
         f = lambda x, t: np.zeros((x.shape[0], 2))
     with pytest.raises(ValueError, match=match):
         call(f, x)
+
+
+def test_docs_variance_table():
+    # docs/samplers.md tabulates the exact output variance ratio of each sampler for one class of
+    # three_gaussians; recompute it from the reference recursion (3 decimals, as printed).
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "samplers.md").read_text()
+    rows = dict(re.findall(r"^\| (dd\w+, [^|]+?) \| ([0-9.]+) \|$", text, flags=re.M))
+    specs = {"ddpm, 1000 steps": SAMPLERS["ddpm-1000"],
+             "ddpm, respaced to 100 steps": SAMPLERS["ddpm-respaced-100"],
+             'ddpm, respaced to 100 steps, variance="beta"': VARIANTS["ddpm-100-beta"],
+             "ddim, 50 steps": SAMPLERS["ddim-50"], "ddim, 100 steps": SAMPLERS["ddim-100"]}
+    assert set(rows) == set(specs), rows
+    mix = toy_data.mixture("three_gaussians")
+    for name, spec in specs.items():
+        _, cov = exact_output(spec, mix.means[0], mix.covs[0])
+        assert abs(cov[0, 0] / 0.09 - float(rows[name])) <= 5e-4, (name, cov[0, 0] / 0.09, rows[name])
