@@ -99,8 +99,8 @@ class GaussianMixture:
     def _responsibilities(self, x, a, y):
         """p(component k | x_t, y), shape (N, K), with the components' (z, var) for reuse."""
         log_n, z, var = self._components(x, a)
-        log_joint = self._mask(y, x.shape[0]) + log_n
-        return np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True)), z, var
+        w = np.exp(_shift_rows(self._mask(y, x.shape[0]) + log_n))
+        return w / w.sum(axis=1, keepdims=True), z, var
 
     # ---- exact quantities ---------------------------------------------------------------------
     def log_prob_noised(self, x, alpha_bar, y=None):
@@ -147,7 +147,7 @@ class GaussianMixture:
         log p(y | x_t) = logsumexp_{k: label k = y} (log pi_k + log N_k(x_t)) - log q_t(x_t).
         """
         x, a, _ = self._inputs(x, alpha_bar)
-        log_joint = np.log(self.weights)[None] + self._components(x, a)[0]
+        log_joint = _shift_rows(np.log(self.weights)[None] + self._components(x, a)[0])
         per_label = np.stack([logsumexp(np.where(self.labels == c, log_joint, -np.inf), axis=1)
                               for c in range(self.num_labels)], axis=1)
         return per_label - logsumexp(log_joint, axis=1, keepdims=True)
@@ -230,3 +230,13 @@ class GaussianMixture:
 def _alpha_bar(sched, t, n):
     """alpha_bar_t for integer t in 1..T, one per row: shape (n,)."""
     return sched.alpha_bar[as_timesteps(t, n, sched.T)]
+
+
+def _shift_rows(log_joint):
+    """log_joint minus each row's maximum, shape (N, K).
+
+    Far from the data the log densities reach -1e6 or below, where a normaliser computed on the
+    raw values is only stored to the nearest float at that size and the normalised weights no
+    longer sum to 1; shifted, the largest entry of each row is exactly 0.
+    """
+    return log_joint - log_joint.max(axis=1, keepdims=True)
