@@ -226,11 +226,15 @@ def test_P2_P3_at_t_equal_1():
     assert var[0, 0] == 0.0
 
 
+def _schedule_t_rng(betas, data, seed):
+    """A schedule from the drawn betas, a timestep in 1..T drawn for it, and a seeded rng."""
+    s = Schedule.from_betas(betas)
+    return s, data.draw(st.integers(1, s.T)), np.random.default_rng(seed)
+
+
 @given(betas_st, st.data(), seeds)
 def test_C5_C6_rotation(betas, data, seed):
-    s = Schedule.from_betas(betas)
-    t = data.draw(st.integers(1, s.T))
-    rng = np.random.default_rng(seed)
+    s, t, rng = _schedule_t_rng(betas, data, seed)
     x0, eps = 3 * rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
     a = s.alpha_bar[t]
     xt = q_sample(s, x0, t, eps)
@@ -263,9 +267,7 @@ def test_C3_marginal_score_is_posterior_average(a, seed):
 
 @given(betas_st, st.data(), seeds)
 def test_P4_is_P2_at_C1(betas, data, seed):
-    s = Schedule.from_betas(betas)
-    t = data.draw(st.integers(1, s.T))
-    rng = np.random.default_rng(seed)
+    s, t, rng = _schedule_t_rng(betas, data, seed)
     xt, eps = 3 * rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
     mean, _ = q_posterior(s, eps_to_x0(s, xt, t, eps), xt, t)
     scale = np.abs(xt).max() + np.abs(eps).max() / np.sqrt(s.alpha_bar[t])
