@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from .arrays import as_points
+from .arrays import as_count, as_points, check_rng
 from .labels import as_labels
 
 # Permuted statistics within TIE_RTOL * (mean pooled distance) of the observed one count as ties
@@ -181,9 +181,7 @@ def _check_samples(x, y):
 
 def _check_test_options(rng, n_perm, alpha):
     """Raise ValueError unless rng is a Generator, n_perm an int >= 1 and alpha in (0, 1)."""
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    if not isinstance(n_perm, numbers.Integral) or isinstance(n_perm, bool) or n_perm < 1:
-        raise ValueError(f"n_perm must be an int >= 1, got {n_perm!r}")
+    check_rng(rng)
+    as_count(n_perm, "n_perm", low=1)
     if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0 < alpha < 1:
         raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
