@@ -19,9 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.distance import cdist
+from scipy.special import logsumexp
 
 from .arrays import as_count, as_points, check_rng
 from .labels import as_labels
+from .oracle import denoising_errors
+from .process import q_sample
 
 # Permuted statistics within TIE_RTOL * (mean pooled distance) of the observed one count as ties
 # (i.e. as ">= observed"): (M2) and the observed statistic reach the same value through different
@@ -185,3 +188,42 @@ def _check_test_options(rng, n_perm, alpha):
     as_count(n_perm, "n_perm", low=1)
     if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0 < alpha < 1:
         raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+
+
+@dataclass(frozen=True)
+class Excess:
+    """A learned model's loss beside the oracle's on the same draws (eqs. (M5), (M6))."""
+    loss: float     # the model's mean loss
+    floor: float    # the oracle's (Bayes-optimal) mean loss on the same draws
+    excess: float   # loss / floor - 1
+    stderr: float   # standard error of ``excess`` from the paired per-sample differences
+
+
+def _paired(model_losses, oracle_losses):
+    """Excess of paired per-sample losses; common draws make the difference's error small."""
+    d = model_losses - oracle_losses
+    floor = float(oracle_losses.mean())
+    return Excess(float(model_losses.mean()), floor, float(d.mean()) / floor,
+                  float(d.std(ddof=1) / np.sqrt(len(d))) / floor)
+
+
+def denoiser_excess(eps_model, mixture, sched, n, rng, conditional=True):
+    """A denoiser's loss (L5) over the Bayes floor (O7), on n common draws (eq. (M5)).
+
+    With ``conditional`` both are given each draw's label, else both predict unconditionally
+    (the branch a dropout-trained model learns for y=None).
+    """
+    x0, y, t, eps = mixture.denoising_draws(sched, as_count(n, low=2), check_rng(rng))
+    y = y if conditional else None
+    return _paired(denoising_errors(eps_model, sched, x0, y, t, eps),
+                   denoising_errors(mixture.eps_model(sched), sched, x0, y, t, eps))
+
+
+def classifier_excess(logits_model, mixture, sched, n, rng):
+    """A noisy classifier's cross-entropy -log p(y | x_t) over the exact classifier's (O5), on n
+    common draws of (x0, y, t, eps) (eq. (M6))."""
+    x0, y, t, eps = mixture.denoising_draws(sched, as_count(n, low=2), check_rng(rng))
+    xt = q_sample(sched, x0, t, eps)
+    losses = [logsumexp(m(xt, t), axis=1) - m(xt, t)[np.arange(len(y)), y]
+              for m in (logits_model, mixture.classifier(sched))]
+    return _paired(*losses)

@@ -218,13 +218,24 @@ class GaussianMixture:
         -------
         (loss, stderr) : the sample mean over n draws and its standard error std / sqrt(n).
         """
-        n = as_count(n, low=2)
-        x0, y = self.sample(n, rng)
-        t = rng.integers(1, sched.T + 1, size=n)
-        eps = rng.standard_normal(x0.shape)
-        xt = q_sample(sched, x0, t, eps)
-        err = np.mean((eps - self.eps(xt, sched.alpha_bar[t], y if conditional else None)) ** 2, axis=1)
+        x0, y, t, eps = self.denoising_draws(sched, as_count(n, low=2), rng)
+        err = denoising_errors(self.eps_model(sched), sched, x0, y if conditional else None, t, eps)
         return float(err.mean()), float(err.std(ddof=1) / np.sqrt(n))
+
+    def denoising_draws(self, sched, n, rng):
+        """The draws of a denoising problem: x0, y ~ p; t ~ U{1..T}; eps ~ N(0, I). Shapes (n, D),
+        (n,), (n,), (n, D)."""
+        x0, y = self.sample(n, rng)
+        return x0, y, rng.integers(1, sched.T + 1, size=n), rng.standard_normal(x0.shape)
+
+
+def denoising_errors(eps_model, sched, x0, y, t, eps):
+    """Per-sample squared error ||eps - eps_model(x_t, t, y)||^2 / D at x_t from (P1); shape (n,).
+
+    Its mean is the loss (L5) that training minimises (Ho et al. 2020, eq. 14).
+    """
+    xt = q_sample(sched, x0, t, eps)
+    return np.mean((eps - eps_model(xt, t, y)) ** 2, axis=1)
 
 
 def _alpha_bar(sched, t, n):

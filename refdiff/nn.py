@@ -1,0 +1,203 @@
+"""Small MLPs for denoisers and noisy classifiers, as plain dicts of arrays (docs/learned.md).
+
+Parameters are a flat dict ``{"W0", "b0", ..., "W_out", "b_out"}`` of numpy arrays that
+autograd differentiates, so a checkpoint is just those arrays plus a JSON config. The denoiser
+sees [x, sinusoidal embedding of t, one-hot of y over K + 1 labels] and the classifier [x,
+embedding of t]; both are MLPs with SiLU hidden layers. The one-hot's last entry is the null
+label that unconditional predictions use (Ho & Salimans 2022, Sec. 3.2); the rows of W0 that it
+multiplies are the label embedding (a one-hot times a matrix is a table look-up, and its gradient
+a matrix product rather than a scatter-add).
+"""
+from functools import lru_cache
+import math
+from dataclasses import asdict, dataclass
+
+import autograd.numpy as anp
+import numpy as np
+from autograd.extend import defvjp, primitive
+
+from .arrays import as_points, as_timesteps, check_rng
+from .labels import NULL_LABEL, as_labels
+
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+@primitive
+def silu(h):
+    """SiLU(h) = h * sigmoid(h), with sigmoid(h) = (1 + tanh(h / 2)) / 2 (exactly; faster than expit).
+
+    One autograd primitive with a hand-written derivative instead of ~4 recorded operations:
+    d/dh SiLU(h) = s (1 + h (1 - s)), s = sigmoid(h), with s recovered as SiLU(h) / h (1/2 at
+    h = 0) rather than by a second tanh (measured in docs/learned.md).
+    """
+    return h * (0.5 + 0.5 * np.tanh(0.5 * h))
+
+
+def _silu_vjp(ans, h):
+    s = np.divide(ans, h, out=np.full_like(h, 0.5), where=h != 0)
+    return lambda g: g * (s * (1 + h * (1 - s)))
+
+
+defvjp(silu, _silu_vjp)
+
+
+@primitive
+def dense(h, W, b):
+    """The affine layer h W + b for h (N, fan_in), W (fan_in, fan_out), b (fan_out,).
+
+    A primitive whose derivatives are the three matrix products g W^T, h^T g and sum_n g: autograd's
+    generic dot goes through tensordot, several times slower here (docs/learned.md).
+    """
+    return h @ W + b
+
+
+defvjp(dense,
+       lambda ans, h, W, b: lambda g: g @ W.T,
+       lambda ans, h, W, b: lambda g: h.T @ g,
+       lambda ans, h, W, b: lambda g: g.sum(axis=0))
+
+
+def time_embedding(t, dim):
+    """Sinusoidal embedding [sin(t w_i), cos(t w_i)], w_i = 10000^(-i / (dim/2)), i < dim/2 (eq. (L1)).
+
+    Vaswani et al. (2017), as Ho et al. (2020) use it for t; defined for real t too. Shape (N, dim).
+    Integer t is looked up in a table computed once.
+    """
+    t = np.asarray(t).reshape(-1)
+    if np.issubdtype(t.dtype, np.integer) and t.size and t.min() >= 0:
+        return _time_table(dim, 1 << int(t.max()).bit_length())[t]
+    return _sinusoids(t.astype(np.float64), dim)
+
+
+def _sinusoids(t, dim):
+    half = dim // 2
+    args = t[:, None] * np.exp(-math.log(10000.0) * np.arange(half) / half)
+    return np.concatenate([np.sin(args), np.cos(args)], axis=1)
+
+
+@lru_cache(maxsize=16)
+def _time_table(dim, size):
+    """eq. (L1) for t = 0..size-1, read-only."""
+    table = _sinusoids(np.arange(size, dtype=np.float64), dim)
+    table.flags.writeable = False
+    return table
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """The shape of a denoiser or classifier network.
+
+    dim: D of x; num_labels: K (the denoiser's label embedding has K + 1 rows, the classifier K
+    outputs; K = 0 is an unconditional denoiser); hidden, depth: width and number of hidden
+    layers; t_embed: size of the time embedding; dtype: "float64" or "float32".
+    """
+    kind: str
+    dim: int
+    num_labels: int
+    hidden: int = 128
+    depth: int = 3
+    t_embed: int = 32
+    dtype: str = "float64"
+
+    def __post_init__(self):
+        if self.kind not in ("denoiser", "classifier"):
+            raise ValueError(f"kind must be 'denoiser' or 'classifier', got {self.kind!r}")
+        lowest = {"num_labels": 0 if self.kind == "denoiser" else 1}
+        for name in ("dim", "num_labels", "hidden", "depth", "t_embed"):
+            value, low = getattr(self, name), lowest.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.t_embed % 2:
+            raise ValueError(f"t_embed must be even, got {self.t_embed}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def in_features(self):
+        return self.dim + self.t_embed + (self.num_labels + 1 if self.kind == "denoiser" else 0)
+
+    @property
+    def out_features(self):
+        return self.dim if self.kind == "denoiser" else self.num_labels
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def init_params(config, rng):
+    """Random parameters: W ~ N(0, 1 / fan_in), b = 0, and a zero output layer.
+
+    The zero output layer makes the untrained denoiser predict eps = 0 and the classifier the
+    uniform distribution, a neutral start.
+    """
+    check_rng(rng)
+    dtype = DTYPES[config.dtype]
+    sizes = [config.in_features] + [config.hidden] * config.depth
+    params = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        params[f"W{i}"] = rng.standard_normal((fan_in, fan_out)) / math.sqrt(fan_in)
+        params[f"b{i}"] = np.zeros(fan_out)
+    params["W_out"] = np.zeros((config.hidden, config.out_features))
+    params["b_out"] = np.zeros(config.out_features)
+    return {name: value.astype(dtype) for name, value in params.items()}
+
+
+def mlp(params, h, depth):
+    """depth SiLU layers h <- SiLU(h W_i + b_i), then the linear output layer (eq. (L2))."""
+    for i in range(depth):
+        h = silu(dense(h, params[f"W{i}"], params[f"b{i}"]))
+    return dense(h, params["W_out"], params["b_out"])
+
+
+def denoiser_forward(params, config, x, t, y_index):
+    """eps_theta(x, t, y) for label rows y_index in 0..K (K = null); x (N, D) -> (N, D) (eq. (L3))."""
+    dtype = DTYPES[config.dtype]
+    one_hot = np.eye(config.num_labels + 1, dtype=dtype)[y_index]
+    inputs = [x, time_embedding(t, config.t_embed).astype(dtype), one_hot]
+    return mlp(params, anp.concatenate(inputs, axis=1), config.depth)
+
+
+def classifier_forward(params, config, x, t):
+    """Logits of p_phi(y | x_t) from [x, embedding of t]; x (N, D) -> (N, K) (eq. (L4))."""
+    inputs = [x, time_embedding(t, config.t_embed).astype(DTYPES[config.dtype])]
+    return mlp(params, anp.concatenate(inputs, axis=1), config.depth)
+
+
+def label_rows(y, n, num_labels):
+    """Row of the label embedding for each sample: y itself, or K for None / NULL_LABEL; shape (n,)."""
+    y = as_labels(y, n, num_labels)
+    if y is None:
+        return np.full(n, num_labels)
+    return np.where(y == NULL_LABEL, num_labels, y)
+
+
+class Network:
+    """Parameters, config and the Schedule a network was trained with; t must be in 1..sched.T."""
+
+    def __init__(self, params, config, sched):
+        if config.kind != self.kind:
+            raise ValueError(f"config must describe a {self.kind}, got kind {config.kind!r}")
+        self.params, self.config, self.sched = params, config, sched
+
+    def _inputs(self, x, t):
+        """x as (N, D) in the network's dtype, and t as int64 (N,) in 1..T."""
+        x = as_points(x, "x", dim=self.config.dim).astype(DTYPES[self.config.dtype], copy=False)
+        return x, as_timesteps(t, x.shape[0], self.sched.T)
+
+
+class Denoiser(Network):
+    """A denoiser as the model callable of DESIGN.md: ``model(x, t, y=None) -> eps`` (N, D)."""
+    kind = "denoiser"
+
+    def __call__(self, x, t, y=None):
+        x, t = self._inputs(x, t)
+        return denoiser_forward(self.params, self.config, x, t, label_rows(y, x.shape[0], self.config.num_labels))
+
+
+class Classifier(Network):
+    """A noisy classifier as the model callable of DESIGN.md: ``model(x, t) -> logits`` (N, K)."""
+    kind = "classifier"
+
+    def __call__(self, x, t):
+        x, t = self._inputs(x, t)
+        return classifier_forward(self.params, self.config, x, t)
