@@ -4,15 +4,14 @@ Every subcommand has ``--help``. A user's mistake (a bad argument, a bad value) 
 ``refdiff: error: ...``, to stderr and exits with status 2, never a traceback.
 """
 import argparse
-import os
 import sys
-import tempfile
 
 import numpy as np
 
 import toy_data
 
 from . import __version__
+from .checkpoint import save_npz_atomic
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,21 +53,6 @@ def run_data(args):
     save_npz_atomic(args.out, x=x, y=y)
     print(f"wrote {len(x)} points of {args.name} to {args.out}")
     return 0
-
-
-def save_npz_atomic(path, **arrays):
-    """Write arrays to ``path`` (.npz) through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv=None):

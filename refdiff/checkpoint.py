@@ -1,0 +1,281 @@
+"""Checkpoints: a Denoiser or Classifier as one ``.npz`` file, written atomically, read without pickle.
+
+File format, version 1
+----------------------
+An ``.npz`` archive (a zip of ``.npy`` arrays, as ``numpy.savez`` writes it) holding exactly:
+
+``meta``
+    A 0-d unicode array whose text is a JSON object with the fields
+    ``format`` = "refdiff-checkpoint"; ``version`` = 1 (an integer: readers refuse any other);
+    ``kind`` = "denoiser" or "classifier"; ``config`` = ``MLPConfig.to_dict()``, i.e. kind, dim,
+    num_labels, hidden, depth, t_embed and dtype, with the same kind as ``kind``.
+``param/<name>``
+    One array per network parameter, named and shaped as ``nn.init_params(config, rng)`` makes
+    them (``W0, b0, ..., W_out, b_out``; see ``param_shapes``), of dtype ``config.dtype``, finite.
+``schedule_betas``
+    float64, shape (T + 1,): ``Schedule.betas`` of the model's schedule, betas[0] = 0 and
+    beta_t in (0, 1] for t = 1..T.
+``history`` (optional)
+    A 1-D float array, the training loss per step (``model.history``).
+
+Any other entry is an error. Arrays are stored bit for bit, so the loaded model computes exactly
+what the saved one did. ``save`` writes a temporary file in the target's folder, flushes and
+fsyncs it and renames it over the target (``os.replace``): the target holds the old checkpoint or
+the new one, never a part. ``load`` reads with ``allow_pickle=False`` and raises ValueError,
+naming the file and the problem, for anything that is not a valid version-1 checkpoint.
+"""
+import contextlib
+import json
+import os
+import secrets
+import zipfile
+import zlib
+
+import numpy as np
+
+from .nn import DTYPES, Classifier, Denoiser, MLPConfig
+from .schedule import Schedule
+
+FORMAT = "refdiff-checkpoint"
+VERSION = 1
+MODELS = {"denoiser": Denoiser, "classifier": Classifier}
+PARAM = "param/"
+ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
+# What reading a damaged .npz raises (measured by truncating and bit-flipping a checkpoint at
+# every byte: mostly BadZipFile, also ValueError, EOFError and NotImplementedError).
+READ_ERRORS = (OSError, EOFError, ValueError, NotImplementedError, zipfile.BadZipFile, zlib.error)
+
+
+def save(path, model):
+    """Write a Denoiser or Classifier to ``path`` as a version-1 checkpoint, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file to write; its folder must exist. An existing file is replaced.
+    model : Denoiser or Classifier
+        Its ``.params``, ``.config``, ``.sched`` and, if present, ``.history`` are stored.
+
+    Returns
+    -------
+    None. A model that ``load`` would refuse (e.g. non-finite parameters) raises ValueError
+    naming ``path``, and nothing is written.
+    """
+    name = os.fspath(path)
+    if not isinstance(model, tuple(MODELS.values())):
+        raise ValueError(f"cannot save {name}: model must be a Denoiser or Classifier, got {type(model).__name__}")
+    meta = {"format": FORMAT, "version": VERSION, "kind": model.kind, "config": model.config.to_dict()}
+    arrays = {"meta": np.array(json.dumps(meta)), "schedule_betas": model.sched.betas}
+    arrays.update((PARAM + key, np.asarray(value)) for key, value in model.params.items())
+    if getattr(model, "history", None) is not None:
+        arrays["history"] = np.asarray(model.history)
+    try:
+        _decode(arrays)  # the checks load makes, so that save never writes what load refuses
+    except ValueError as err:
+        raise ValueError(f"cannot save {name}: {err}") from None
+    save_npz_atomic(name, **arrays)
+
+
+def load(path):
+    """Read a checkpoint that ``save`` wrote, refusing anything else.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A version-1 checkpoint (format in the module docstring).
+
+    Returns
+    -------
+    Denoiser or Classifier with the stored params (same dtype, bit for bit), config and
+    Schedule, and ``.history`` if one was stored. A missing, damaged or invalid file raises
+    ValueError naming ``path`` and the problem; pickled data is never unpickled.
+    """
+    name = os.fspath(path)
+    try:
+        return _decode(_read_npz(name))
+    except ValueError as err:
+        raise ValueError(f"checkpoint {name}: {err}") from None
+
+
+def param_shapes(config):
+    """The name and shape of each parameter that ``nn.init_params(config, rng)`` makes, in its order.
+
+    Computed from the config alone (no random draws, no allocation), so a file whose config claims
+    a huge network is refused before anything that size is built; tests check it against
+    ``init_params``.
+
+    Parameters
+    ----------
+    config : MLPConfig
+
+    Returns
+    -------
+    dict name -> shape tuple: W_i (fan_in, hidden), b_i (hidden,) for i < depth, then W_out
+    (hidden, out_features) and b_out (out_features,).
+    """
+    sizes = [config.in_features] + [config.hidden] * config.depth
+    shapes = {}
+    for i in range(config.depth):
+        shapes[f"W{i}"], shapes[f"b{i}"] = (sizes[i], sizes[i + 1]), (sizes[i + 1],)
+    shapes["W_out"], shapes["b_out"] = (config.hidden, config.out_features), (config.out_features,)
+    return shapes
+
+
+def save_npz_atomic(path, **arrays):
+    """Write arrays to ``path`` as an ``.npz`` through a temporary file in the same folder.
+
+    The temporary file (a hidden ``.<name>.<random>.tmp``) is flushed, fsync'd and renamed over
+    ``path`` with ``os.replace``; on any failure it is removed and the error re-raised, so
+    ``path`` keeps its old content. The new file gets the usual permissions (0666 less the umask).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write; its folder must exist (otherwise ValueError naming the folder).
+    **arrays : array_like
+        The entries, by key, as ``numpy.savez`` takes them; object arrays are refused (ValueError),
+        since they would need pickle to read.
+
+    Returns
+    -------
+    None
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot write {path}: folder {folder} does not exist")
+    pickled = [key for key, value in arrays.items() if np.asarray(value).dtype.hasobject]
+    if pickled:
+        raise ValueError(f"cannot write {path}: object arrays {pickled} would need pickle")
+    # os.open with mode 0o666 lets the umask set the permissions, as for any new file (mkstemp's
+    # are 0600); O_EXCL makes sure the temporary name is ours.
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder):
+    """Make the rename itself durable (POSIX; elsewhere a no-op)."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _read_npz(name):
+    """Every entry of the .npz file ``name`` as a dict of arrays; ValueError says what is wrong."""
+    try:
+        with open(name, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except OSError as err:
+        raise ValueError(f"cannot be read ({err.strerror})") from None
+    if head not in ZIP_SIGNATURES:  # np.load would try pickle on it next
+        raise ValueError("not an .npz archive: " + ("the file is empty" if not head else "no zip signature"))
+    try:
+        npz = np.load(name, allow_pickle=False)
+    except READ_ERRORS as err:
+        raise ValueError(f"not a valid .npz archive, truncated or corrupt ({type(err).__name__}: {err})") from None
+    arrays = {}
+    with npz:
+        for key in npz.files:
+            try:
+                arrays[key] = npz[key]
+            except READ_ERRORS as err:
+                raise ValueError(f"entry {key!r} cannot be read ({type(err).__name__}: {err})") from None
+            if not isinstance(arrays[key], np.ndarray):
+                raise ValueError(f"entry {key!r} is not a .npy array")
+    return arrays
+
+
+def _decode(arrays):
+    """The model that checkpoint entries describe; ValueError names the first problem found."""
+    arrays = dict(arrays)
+    config = _config(_meta(arrays.pop("meta", None)))
+    sched = _schedule(arrays.pop("schedule_betas", None))
+    history = arrays.pop("history", None)
+    params = {key[len(PARAM):]: arrays.pop(key) for key in list(arrays) if key.startswith(PARAM)}
+    if arrays:
+        raise ValueError(f"unexpected entries {sorted(arrays)}")
+    model = MODELS[config.kind](_params(params, config), config, sched)
+    if history is not None:
+        if history.ndim != 1 or history.dtype.kind != "f":
+            raise ValueError(f"'history' must be a 1-D float array, got shape {history.shape} dtype {history.dtype}")
+        model.history = history
+    return model
+
+
+def _meta(entry):
+    """The JSON object in the 'meta' entry, with format and version checked."""
+    if entry is None:
+        raise ValueError("no 'meta' entry")
+    if entry.ndim != 0 or entry.dtype.kind != "U":
+        raise ValueError(f"'meta' must be a 0-d unicode array, got shape {entry.shape} dtype {entry.dtype}")
+    try:
+        meta = json.loads(entry.item())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"'meta' is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"'meta' must be a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"'meta' format must be {FORMAT!r}, got {meta.get('format')!r}")
+    if type(meta.get("version")) is not int or meta["version"] != VERSION:
+        raise ValueError(f"unsupported version {meta.get('version')!r}: this refdiff reads version {VERSION}")
+    return meta
+
+
+def _config(meta):
+    """MLPConfig from meta's 'config', which must agree with meta's 'kind'."""
+    kind, fields = meta.get("kind"), meta.get("config")
+    if kind not in MODELS:
+        raise ValueError(f"'meta' kind must be one of {tuple(MODELS)}, got {kind!r}")
+    if not isinstance(fields, dict):
+        raise ValueError(f"'meta' config must be a JSON object, got {type(fields).__name__}")
+    try:
+        config = MLPConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad config ({err})") from None
+    if config.kind != kind:
+        raise ValueError(f"config kind {config.kind!r} differs from 'meta' kind {kind!r}")
+    return config
+
+
+def _schedule(betas):
+    """Schedule from the 'schedule_betas' entry (float64, [0, beta_1, ..., beta_T])."""
+    if betas is None:
+        raise ValueError("no 'schedule_betas' entry")
+    if betas.dtype != np.float64:
+        raise ValueError(f"'schedule_betas' must be float64, got dtype {betas.dtype}")
+    try:
+        return Schedule(betas)
+    except ValueError as err:
+        raise ValueError(f"bad 'schedule_betas' ({err})") from None
+
+
+def _params(params, config):
+    """params in init_params' order, after checking names, shapes, dtype and finiteness."""
+    shapes, dtype = param_shapes(config), DTYPES[config.dtype]
+    if params.keys() != shapes.keys():
+        missing, extra = sorted(shapes.keys() - params.keys()), sorted(params.keys() - shapes.keys())
+        raise ValueError(f"parameter names do not match the config: missing {missing}, unexpected {extra}")
+    for key, shape in shapes.items():
+        value = params[key]
+        if value.shape != shape or value.dtype != dtype:
+            raise ValueError(f"parameter {key!r} must have shape {shape} and dtype {config.dtype}, "
+                             f"got shape {value.shape} dtype {value.dtype}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"parameter {key!r} is not finite (NaN or inf)")
+    return {key: params[key] for key in shapes}
