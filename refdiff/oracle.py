@@ -11,6 +11,7 @@ it in x (the tests check the analytic score against that gradient).
 import autograd.numpy as anp
 import numpy as np
 from autograd.scipy.special import logsumexp
+from autograd.tracer import getval
 
 from .arrays import as_count, as_int_batch, as_points, as_timesteps, check_rng
 from .labels import NULL_LABEL, as_labels
@@ -148,7 +149,7 @@ class GaussianMixture:
         """
         x, a, _ = self._inputs(x, alpha_bar)
         log_joint = _shift_rows(np.log(self.weights)[None] + self._components(x, a)[0])
-        per_label = np.stack([logsumexp(np.where(self.labels == c, log_joint, -np.inf), axis=1)
+        per_label = anp.stack([logsumexp(anp.where(self.labels == c, log_joint, -np.inf), axis=1)
                               for c in range(self.num_labels)], axis=1)
         return per_label - logsumexp(log_joint, axis=1, keepdims=True)
 
@@ -250,4 +251,4 @@ def _shift_rows(log_joint):
     raw values is only stored to the nearest float at that size and the normalised weights no
     longer sum to 1; shifted, the largest entry of each row is exactly 0.
     """
-    return log_joint - log_joint.max(axis=1, keepdims=True)
+    return log_joint - np.max(getval(log_joint), axis=1, keepdims=True)

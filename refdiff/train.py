@@ -35,7 +35,7 @@ def classifier_loss(params, config, xt, t, y):
 
 
 def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=0.1, num_labels=None,
-                   hidden=128, depth=3, dtype="float64", ema=0.999, clip=1.0, verbose=True):
+                   hidden=128, depth=3, dtype="float64", ema=0.999, clip=1.0, verbose=True, on_step=None):
     """Train eps_theta(x_t, t, y) on data (x0, y) with labels dropped to null with prob. p_uncond.
 
     Each step draws a minibatch of the data, t ~ U{1..T}, eps ~ N(0, I), forms x_t by (P1) and
@@ -48,6 +48,7 @@ def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=
     x0 : array (N, D); y : int array (N,) in 0..K-1, or None for an unconditional model
     sched : Schedule; rng : numpy.random.Generator (the only randomness)
     num_labels : K, default y.max() + 1
+    verbose : print one progress line to stderr; on_step : optional callable(step, loss) after each step
 
     Returns
     -------
@@ -60,23 +61,22 @@ def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=
     cast = DTYPES[dtype]
 
     def make_batch():
-        idx, t = rng.integers(0, len(x0), batch), rng.integers(1, sched.T + 1, batch)
-        eps = rng.standard_normal((batch, x0.shape[1]))
+        idx, xt, t, eps = _noised_batch(x0, sched, rng, batch, cast)
         if y is None:
             y_index = np.full(batch, config.num_labels)
         else:
             y_index = np.where(rng.random(batch) < p_uncond, config.num_labels, y[idx])
-        return q_sample(sched, x0[idx], t, eps).astype(cast), t, y_index, eps.astype(cast)
+        return xt, t, y_index, eps
 
     params, history = fit(lambda p, *b: denoising_loss(p, config, *b), init_params(config, rng),
-                          make_batch, steps, lr, ema, clip, "denoiser", verbose)
+                          make_batch, steps, lr, ema, clip, Progress("denoiser", steps, verbose), on_step)
     model = Denoiser(params, config, sched)
     model.history = history
     return model
 
 
 def train_classifier(x0, y, sched, rng, steps=1000, batch=1024, lr=2e-3, num_labels=None, hidden=128,
-                     depth=3, dtype="float64", ema=0.999, clip=1.0, verbose=True):
+                     depth=3, dtype="float64", ema=0.999, clip=1.0, verbose=True, on_step=None):
     """Train a noisy classifier p_phi(y | x_t) on x_t = q_sample(x0, t, eps), t ~ U{1..T} (eq. (L6)).
 
     As guided-diffusion trains its noised classifier (Dhariwal & Nichol 2021, Sec. 4). Parameters
@@ -87,23 +87,30 @@ def train_classifier(x0, y, sched, rng, steps=1000, batch=1024, lr=2e-3, num_lab
     cast = DTYPES[dtype]
 
     def make_batch():
-        idx, t = rng.integers(0, len(x0), batch), rng.integers(1, sched.T + 1, batch)
-        eps = rng.standard_normal((batch, x0.shape[1]))
-        return q_sample(sched, x0[idx], t, eps).astype(cast), t, y[idx]
+        idx, xt, t, _ = _noised_batch(x0, sched, rng, batch, cast)
+        return xt, t, y[idx]
 
     params, history = fit(lambda p, *b: classifier_loss(p, config, *b), init_params(config, rng),
-                          make_batch, steps, lr, ema, clip, "classifier", verbose)
+                          make_batch, steps, lr, ema, clip, Progress("classifier", steps, verbose), on_step)
     model = Classifier(params, config, sched)
     model.history = history
     return model
 
 
-def fit(loss, params, make_batch, steps, lr, ema, clip, label="model", verbose=True):
+def _noised_batch(x0, sched, rng, batch, cast):
+    """A minibatch: data rows idx, t ~ U{1..T}, eps ~ N(0, I) and x_t by (P1), in dtype ``cast``."""
+    idx, t = rng.integers(0, len(x0), batch), rng.integers(1, sched.T + 1, batch)
+    eps = rng.standard_normal((batch, x0.shape[1]))
+    return idx, q_sample(sched, x0[idx], t, eps).astype(cast), t, eps.astype(cast)
+
+
+def fit(loss, params, make_batch, steps, lr, ema, clip, progress=None, on_step=None):
     """Adam (Kingma & Ba 2015, Algorithm 1; b1 = 0.9, b2 = 0.999) on loss(params, *make_batch()).
 
     The learning rate warms up linearly over the first 2% of steps and decays by a half cosine to
     lr / 10; gradients are clipped to global norm ``clip``; the returned weights are an EMA with
-    decay min(ema, (1 + k) / (10 + k)) at step k (eq. (L7)). Returns (ema_params, losses).
+    decay min(ema, (1 + k) / (10 + k)) at step k (eq. (L7)). ``progress`` (a Progress) and
+    ``on_step(step, loss)`` are told of every step. Returns (ema_params, losses).
     """
     steps = as_count(steps, "steps", low=1)
     for name, value in (("lr", lr), ("clip", clip)):
@@ -115,7 +122,7 @@ def fit(loss, params, make_batch, steps, lr, ema, clip, label="model", verbose=T
     m = {k: np.zeros_like(v) for k, v in params.items()}
     v2 = {k: np.zeros_like(v) for k, v in params.items()}
     avg = {k: v.copy() for k, v in params.items()}
-    losses, progress = np.empty(steps), Progress(label, steps, verbose)
+    losses = np.empty(steps)
     warmup = max(1, steps // 50)
     for k in range(1, steps + 1):
         value, grads = loss_and_grad(params, *make_batch())
@@ -131,15 +138,18 @@ def fit(loss, params, make_batch, steps, lr, ema, clip, label="model", verbose=T
             params[name] = params[name] - step.astype(params[name].dtype)
             avg[name] = decay * avg[name] + (1 - decay) * params[name]
         losses[k - 1] = value
-        progress.update(k, value)
-    progress.close()
+        for report in (progress and progress.update, on_step):
+            if report:
+                report(k, value)
+    if progress:
+        progress.close()
     return avg, losses
 
 
 class Progress:
     """One progress line on stderr (step, loss, steps/s, ETA), rewritten in place at most 4x a second."""
 
-    def __init__(self, label, total, enabled):
+    def __init__(self, label, total, enabled=True):
         self.label, self.total, self.enabled = label, total, enabled
         self.start = self.last = time.perf_counter()
 

@@ -1,0 +1,95 @@
+"""``refdiff bench``: speed and quality figures for the learned 2D models (docs/learned.md).
+
+Speed: the median time of one training step at batch 1024, and of one guided or unguided
+prediction at N = 10,000. Quality: a denoiser and a noisy classifier trained with the default 2D
+budget (train.DENOISER_2D, train.CLASSIFIER_2D) on a Gaussian-mixture preset, measured against
+the oracle: excess loss over the Bayes floor (M5), cross-entropy over the exact classifier's (M6),
+and unguided DDPM samples judged by the two-sample test (M3) beside the oracle sampler's.
+Benchmarks, not tests: machines are shared and noisy, so compare ratios taken in one run.
+"""
+import time
+
+import numpy as np
+
+import toy_data
+
+from .guidance import classifier_free_guidance, classifier_guidance
+from .metrics import classifier_excess, denoiser_excess, two_sample_test
+from .samplers import ddpm
+from .schedule import Schedule
+from .train import CLASSIFIER_2D, DENOISER_2D, train_classifier, train_denoiser
+
+
+def step_times(train, x0, y, sched, rng, **options):
+    """Per-step wall times (s) of a training run, from on_step time stamps; shape (steps - 1,)."""
+    stamps = []
+    train(x0, y, sched, rng, verbose=False, on_step=lambda k, loss: stamps.append(time.perf_counter()), **options)
+    return np.diff(stamps)
+
+
+def median_time(fn, repeats):
+    """Median wall time (s) of fn() over ``repeats`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def run(data="ring8", seed=0, denoiser_steps=None, classifier_steps=None, n_eval=100_000, n_samples=2000):
+    """All the figures as a dict of plain numbers (what ``refdiff bench --json`` prints)."""
+    mix, sched, rng = toy_data.mixture(data), Schedule.linear(1000), np.random.default_rng(seed)
+    x0, y = mix.sample(50_000, rng)
+    den_opts = {**DENOISER_2D, "steps": denoiser_steps or DENOISER_2D["steps"]}
+    clf_opts = {**CLASSIFIER_2D, "steps": classifier_steps or CLASSIFIER_2D["steps"]}
+    out = {"data": data, "seed": seed, "batch": DENOISER_2D["batch"]}
+    for dtype in ("float64", "float32"):
+        for name, train, opts in (("denoiser", train_denoiser, den_opts), ("classifier", train_classifier, clf_opts)):
+            times = step_times(train, x0, y, sched, rng, **{**opts, "steps": 21, "dtype": dtype})
+            out[f"train_step_ms_{name}_{dtype}"] = 1e3 * float(np.median(times))
+
+    start = time.perf_counter()
+    den = train_denoiser(x0, y, sched, rng, verbose=False, **den_opts)
+    out["train_seconds_denoiser"] = time.perf_counter() - start
+    start = time.perf_counter()
+    clf = train_classifier(x0, y, sched, rng, verbose=False, **clf_opts)
+    out["train_seconds_classifier"] = time.perf_counter() - start
+    out.update(_quality(mix, sched, den, clf, rng, n_eval, n_samples, den_opts["p_uncond"]))
+    out.update(_sampling_speed(den, clf, sched, mix.num_labels, rng))
+    return out
+
+
+def _quality(mix, sched, den, clf, rng, n_eval, n_samples, p_uncond):
+    """Excess losses against the oracle and the unguided-DDPM two-sample figures."""
+    cond = denoiser_excess(den, mix, sched, n_eval, np.random.default_rng(rng.integers(2 ** 32)), True)
+    uncond = denoiser_excess(den, mix, sched, n_eval, np.random.default_rng(rng.integers(2 ** 32)), False)
+    # The loss the network was trained on weighs the two branches (1 - p_uncond) : p_uncond.
+    loss = (1 - p_uncond) * cond.loss + p_uncond * uncond.loss
+    floor = (1 - p_uncond) * cond.floor + p_uncond * uncond.floor
+    ce = classifier_excess(clf, mix, sched, n_eval, rng)
+    x_T, truth = rng.standard_normal((n_samples, mix.dim)), mix.sample(n_samples, rng)[0]
+    learned = two_sample_test(ddpm(lambda x, t: den(x, t), sched, x_T, rng), truth, rng, n_perm=200)
+    oracle_model = mix.eps_model(sched)
+    exact = two_sample_test(ddpm(lambda x, t: oracle_model(x, t), sched, x_T, rng), truth, rng, n_perm=200)
+    return {"denoiser_excess_conditional": cond.excess, "denoiser_excess_conditional_se": cond.stderr,
+            "denoiser_excess_unconditional": uncond.excess, "denoiser_excess_unconditional_se": uncond.stderr,
+            "denoiser_excess_trained_mix": loss / floor - 1,
+            "classifier_cross_entropy": ce.loss, "classifier_cross_entropy_oracle": ce.floor,
+            "classifier_excess": ce.excess,
+            "ddpm_distance_learned": learned.statistic, "ddpm_p_value_learned": learned.p_value,
+            "ddpm_passed_learned": learned.passed, "ddpm_distance_oracle": exact.statistic,
+            "ddpm_distance_ratio": learned.statistic / exact.statistic, "ddpm_threshold": learned.threshold}
+
+
+def _sampling_speed(den, clf, sched, num_labels, rng, n=10_000):
+    """Median time of one prediction at N = n: unguided, CFG, classifier guidance, and ratios."""
+    x, t = rng.standard_normal((n, den.config.dim)), sched.T // 2
+    y = rng.integers(0, num_labels, n)
+    fns = {"unguided": lambda: den(x, t, y), "cfg": lambda: classifier_free_guidance(den, y, 3.0)(x, t),
+           "classifier": lambda: classifier_guidance(den, clf, sched, y, 4.0)(x, t)}
+    ms = {name: 1e3 * median_time(fn, 9) for name, fn in fns.items()}
+    out = {f"sample_step_ms_{name}": value for name, value in ms.items()}
+    out.update({f"sample_step_ratio_{name}": ms[name] / ms["unguided"] for name in ("cfg", "classifier")})
+    return out
