@@ -200,11 +200,15 @@ class Excess:
 
 
 def _paired(model_losses, oracle_losses):
-    """Excess of paired per-sample losses; common draws make the difference's error small."""
-    d = model_losses - oracle_losses
-    floor = float(oracle_losses.mean())
-    return Excess(float(model_losses.mean()), floor, float(d.mean()) / floor,
-                  float(d.std(ddof=1) / np.sqrt(len(d))) / floor)
+    """Excess R - 1 = mean(model) / mean(oracle) - 1 of paired per-sample losses.
+
+    Its standard error is the delta method's for a ratio of means, std(model - R oracle) /
+    (sqrt(n) mean(oracle)); common draws make it small.
+    """
+    loss, floor = float(model_losses.mean()), float(oracle_losses.mean())
+    ratio = loss / floor
+    spread = np.std(model_losses - ratio * oracle_losses, ddof=1)
+    return Excess(loss, floor, ratio - 1, float(spread / np.sqrt(len(model_losses))) / floor)
 
 
 def denoiser_excess(eps_model, mixture, sched, n, rng, conditional=True):

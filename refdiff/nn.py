@@ -27,14 +27,15 @@ def silu(h):
     """SiLU(h) = h * sigmoid(h), with sigmoid(h) = (1 + tanh(h / 2)) / 2 (exactly; faster than expit).
 
     One autograd primitive with a hand-written derivative instead of ~4 recorded operations:
-    d/dh SiLU(h) = s (1 + h (1 - s)), s = sigmoid(h), with s recovered as SiLU(h) / h (1/2 at
-    h = 0) rather than by a second tanh (measured in docs/learned.md).
+    d/dh SiLU(h) = s (1 + h (1 - s)), s = sigmoid(h), with s recovered as SiLU(h) / h (1/2 for
+    |h| below the smallest normal float) rather than by a second tanh (docs/learned.md).
     """
     return h * (0.5 + 0.5 * np.tanh(0.5 * h))
 
 
 def _silu_vjp(ans, h):
-    s = np.divide(ans, h, out=np.full_like(h, 0.5), where=h != 0)
+    # below the smallest normal number SiLU(h) / h rounds badly, and there s = 1/2 to float precision
+    s = np.divide(ans, h, out=np.full_like(h, 0.5), where=np.abs(h) >= np.finfo(h.dtype).tiny)
     return lambda g: g * (s * (1 + h * (1 - s)))
 
 

@@ -55,6 +55,7 @@ def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=
     Denoiser with the EMA weights; ``.history`` holds the training loss per step.
     """
     x0, y, K = _data(x0, y, num_labels, conditional=True)
+    batch = as_count(batch, "batch", low=1)
     if not 0 <= p_uncond <= 1:
         raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
     config = MLPConfig("denoiser", x0.shape[1], K, hidden, depth, dtype=dtype)
@@ -83,6 +84,7 @@ def train_classifier(x0, y, sched, rng, steps=1000, batch=1024, lr=2e-3, num_lab
     as ``train_denoiser``; returns a Classifier with the EMA weights and ``.history``.
     """
     x0, y, K = _data(x0, y, num_labels, conditional=False)
+    batch = as_count(batch, "batch", low=1)
     config = MLPConfig("classifier", x0.shape[1], K, hidden, depth, dtype=dtype)
     cast = DTYPES[dtype]
 
