@@ -49,14 +49,14 @@ def build_parser():
     bench.add_argument("--data", default="ring8", help="a Gaussian-mixture preset (default ring8)")
     bench.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    bench.add_argument("--denoiser-steps", type=_positive, help="override the default denoiser budget")
-    bench.add_argument("--classifier-steps", type=_positive, help="override the default classifier budget")
-    bench.add_argument("--n-eval", type=_positive, default=100_000, help="draws for the excess losses (default 100000)")
+    bench.add_argument("--denoiser-steps", type=count, help="override the default denoiser budget")
+    bench.add_argument("--classifier-steps", type=count, help="override the default classifier budget")
+    bench.add_argument("--n-eval", type=count, default=100_000, help="draws for the excess losses (default 100000)")
     bench.set_defaults(run=run_bench)
     return parser
 
 
-def _positive(text):
+def count(text):
     value = int(text)
     if value < 1:
         raise ValueError(f"expected an integer >= 1, got {text}")

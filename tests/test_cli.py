@@ -51,3 +51,29 @@ def test_console_script_is_installed_and_exits_2_on_a_mistake():
     assert ok.returncode == 0 and ok.stdout.startswith("refdiff ")
     bad = subprocess.run(["refdiff", "data", "nope", "--out", "x.npz"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_bench_prints_every_figure_as_json(capsys):
+    # A tiny budget: the figures' values are not judged here (refdiff bench is a benchmark), only
+    # that every one the issue names is there, finite where numeric, and the ratios consistent.
+    assert main(["bench", "--json", "--denoiser-steps", "25", "--classifier-steps", "25", "--n-eval", "500"]) == 0
+    import json
+    figures = json.loads(capsys.readouterr().out)
+    for key in ("train_step_ms_denoiser_float64", "train_step_ms_denoiser_float32", "train_step_ms_classifier_float32",
+                "train_seconds_denoiser", "train_seconds_classifier", "denoiser_excess_conditional",
+                "denoiser_excess_unconditional", "denoiser_excess_trained_mix", "classifier_excess",
+                "ddpm_distance_learned", "ddpm_distance_oracle", "sample_step_ms_unguided", "sample_step_ms_cfg",
+                "sample_step_ms_classifier"):
+        assert np.isfinite(figures[key]) and figures[key] >= 0 or key.startswith("denoiser_excess"), key
+    assert figures["sample_step_ratio_cfg"] == pytest.approx(figures["sample_step_ms_cfg"] / figures["sample_step_ms_unguided"])
+    assert figures["ddpm_distance_ratio"] == pytest.approx(figures["ddpm_distance_learned"] / figures["ddpm_distance_oracle"])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["bench", "--data", "moons"], "Gaussian-mixture preset"),
+    (["bench", "--denoiser-steps", "0"], "invalid count value"),
+])
+def test_bench_rejects_bad_arguments(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
