@@ -11,7 +11,7 @@ An ``.npz`` archive (a zip of ``.npy`` arrays, as ``numpy.savez`` writes it) hol
     num_labels, hidden, depth, t_embed and dtype, with the same kind as ``kind``.
 ``param/<name>``
     One array per network parameter, named and shaped as ``nn.init_params(config, rng)`` makes
-    them (``W0, b0, ..., W_out, b_out``; see ``param_shapes``), of dtype ``config.dtype``, finite.
+    them (``W0, b0, ..., W_out, b_out``; see ``nn.param_shapes``), of dtype ``config.dtype``, finite.
 ``schedule_betas``
     float64, shape (T + 1,): ``Schedule.betas`` of the model's schedule, betas[0] = 0 and
     beta_t in (0, 1] for t = 1..T.
@@ -33,7 +33,7 @@ import zlib
 
 import numpy as np
 
-from .nn import DTYPES, Classifier, Denoiser, MLPConfig
+from .nn import DTYPES, Classifier, Denoiser, MLPConfig, param_shapes
 from .schedule import Schedule
 
 FORMAT = "refdiff-checkpoint"
@@ -95,30 +95,6 @@ def load(path):
         return _decode(_read_npz(name))
     except ValueError as err:
         raise ValueError(f"checkpoint {name}: {err}") from None
-
-
-def param_shapes(config):
-    """The name and shape of each parameter that ``nn.init_params(config, rng)`` makes, in its order.
-
-    Computed from the config alone (no random draws, no allocation), so a file whose config claims
-    a huge network is refused before anything that size is built; tests check it against
-    ``init_params``.
-
-    Parameters
-    ----------
-    config : MLPConfig
-
-    Returns
-    -------
-    dict name -> shape tuple: W_i (fan_in, hidden), b_i (hidden,) for i < depth, then W_out
-    (hidden, out_features) and b_out (out_features,).
-    """
-    sizes = [config.in_features] + [config.hidden] * config.depth
-    shapes = {}
-    for i in range(config.depth):
-        shapes[f"W{i}"], shapes[f"b{i}"] = (sizes[i], sizes[i + 1]), (sizes[i + 1],)
-    shapes["W_out"], shapes["b_out"] = (config.hidden, config.out_features), (config.out_features,)
-    return shapes
 
 
 def save_npz_atomic(path, **arrays):

@@ -125,22 +125,34 @@ class MLPConfig:
         return asdict(self)
 
 
+def param_shapes(config):
+    """The name and shape of every parameter, in order: W_i (fan_in, hidden), b_i (hidden,) for
+    i < depth, then W_out (hidden, out_features) and b_out (out_features,).
+
+    Computed from the config alone, so a checkpoint claiming a huge network is refused before
+    anything that size is built.
+    """
+    sizes = [config.in_features] + [config.hidden] * config.depth
+    shapes = {}
+    for i in range(config.depth):
+        shapes[f"W{i}"], shapes[f"b{i}"] = (sizes[i], sizes[i + 1]), (sizes[i + 1],)
+    shapes["W_out"], shapes["b_out"] = (config.hidden, config.out_features), (config.out_features,)
+    return shapes
+
+
 def init_params(config, rng):
-    """Random parameters: W ~ N(0, 1 / fan_in), b = 0, and a zero output layer.
+    """Random parameters of the shapes ``param_shapes(config)``: hidden weights W ~ N(0, 1 / fan_in),
+    every bias and the output layer zero.
 
     The zero output layer makes the untrained denoiser predict eps = 0 and the classifier the
     uniform distribution, a neutral start.
     """
     check_rng(rng)
-    dtype = DTYPES[config.dtype]
-    sizes = [config.in_features] + [config.hidden] * config.depth
     params = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        params[f"W{i}"] = rng.standard_normal((fan_in, fan_out)) / math.sqrt(fan_in)
-        params[f"b{i}"] = np.zeros(fan_out)
-    params["W_out"] = np.zeros((config.hidden, config.out_features))
-    params["b_out"] = np.zeros(config.out_features)
-    return {name: value.astype(dtype) for name, value in params.items()}
+    for name, shape in param_shapes(config).items():
+        hidden_weight = name.startswith("W") and name != "W_out"
+        params[name] = rng.standard_normal(shape) / math.sqrt(shape[0]) if hidden_weight else np.zeros(shape)
+    return {name: value.astype(DTYPES[config.dtype]) for name, value in params.items()}
 
 
 def mlp(params, h, depth):

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refdiff.checkpoint import load, param_shapes, save, save_npz_atomic
+from refdiff.checkpoint import load, save, save_npz_atomic
+from refdiff.nn import param_shapes
 from refdiff.nn import Classifier, Denoiser, MLPConfig, init_params
 from refdiff.schedule import Schedule
 from refdiff.train import train_denoiser
