@@ -90,7 +90,8 @@ class MLPConfig:
 
     dim: D of x; num_labels: K (the denoiser's label embedding has K + 1 rows, the classifier K
     outputs; K = 0 is an unconditional denoiser); hidden, depth: width and number of hidden
-    layers; t_embed: size of the time embedding; dtype: "float64" or "float32".
+    layers (residual blocks for "resnet"); t_embed: size of the time embedding; dtype: "float64"
+    or "float32"; arch: "mlp" (eq. (L2)) or "resnet" (eq. (L2r)).
     """
     kind: str
     dim: int
@@ -99,6 +100,7 @@ class MLPConfig:
     depth: int = 3
     t_embed: int = 32
     dtype: str = "float64"
+    arch: str = "mlp"
 
     def __post_init__(self):
         if self.kind not in ("denoiser", "classifier"):
@@ -112,10 +114,17 @@ class MLPConfig:
             raise ValueError(f"t_embed must be even, got {self.t_embed}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {self.arch!r}")
+
+    @property
+    def cond_features(self):
+        """Size of the conditioning vector [emb(t), one-hot of y] (no one-hot for a classifier)."""
+        return self.t_embed + (self.num_labels + 1 if self.kind == "denoiser" else 0)
 
     @property
     def in_features(self):
-        return self.dim + self.t_embed + (self.num_labels + 1 if self.kind == "denoiser" else 0)
+        return self.dim + self.cond_features
 
     @property
     def out_features(self):
@@ -126,54 +135,85 @@ class MLPConfig:
 
 
 def param_shapes(config):
-    """The name and shape of every parameter, in order: W_i (fan_in, hidden), b_i (hidden,) for
-    i < depth, then W_out (hidden, out_features) and b_out (out_features,).
+    """The name and shape of every parameter, in order (H = hidden, C = cond_features).
 
+    "mlp": W_i (fan_in, H), b_i (H,) for i < depth, fan_in = D + C for i = 0, else H.
+    "resnet": W_in (D, H), b_in; W_cond (C, depth H), b_cond; per block i < depth, W{i}a, W{i}b
+    (H, H) and b{i}a, b{i}b (H,). Both end with W_out (H, out_features), b_out (out_features,).
     Computed from the config alone, so a checkpoint claiming a huge network is refused before
     anything that size is built.
     """
-    sizes = [config.in_features] + [config.hidden] * config.depth
-    shapes = {}
-    for i in range(config.depth):
-        shapes[f"W{i}"], shapes[f"b{i}"] = (sizes[i], sizes[i + 1]), (sizes[i + 1],)
-    shapes["W_out"], shapes["b_out"] = (config.hidden, config.out_features), (config.out_features,)
+    H, shapes = config.hidden, {}
+    if config.arch == "mlp":
+        sizes = [config.in_features] + [H] * config.depth
+        for i in range(config.depth):
+            shapes[f"W{i}"], shapes[f"b{i}"] = (sizes[i], H), (H,)
+    else:
+        shapes.update(W_in=(config.dim, H), b_in=(H,), W_cond=(config.cond_features, config.depth * H),
+                      b_cond=(config.depth * H,))
+        for i in range(config.depth):
+            for half in "ab":
+                shapes[f"W{i}{half}"], shapes[f"b{i}{half}"] = (H, H), (H,)
+    shapes["W_out"], shapes["b_out"] = (H, config.out_features), (config.out_features,)
     return shapes
 
 
 def init_params(config, rng):
-    """Random parameters of the shapes ``param_shapes(config)``: hidden weights W ~ N(0, 1 / fan_in),
-    every bias and the output layer zero.
+    """Random parameters of the shapes ``param_shapes(config)``: weights W ~ N(0, 1 / fan_in),
+    except zeros for the output layer and the last layer of every residual block; biases zero.
 
-    The zero output layer makes the untrained denoiser predict eps = 0 and the classifier the
-    uniform distribution, a neutral start.
+    So an untrained denoiser predicts eps = 0, an untrained classifier the uniform distribution,
+    and every residual block starts as the identity: a neutral start.
     """
     check_rng(rng)
     params = {}
     for name, shape in param_shapes(config).items():
-        hidden_weight = name.startswith("W") and name != "W_out"
-        params[name] = rng.standard_normal(shape) / math.sqrt(shape[0]) if hidden_weight else np.zeros(shape)
+        random = name.startswith("W") and name != "W_out" and not name.endswith("b")
+        params[name] = rng.standard_normal(shape) / math.sqrt(shape[0]) if random else np.zeros(shape)
     return {name: value.astype(DTYPES[config.dtype]) for name, value in params.items()}
 
 
-def mlp(params, h, depth):
-    """depth SiLU layers h <- SiLU(h W_i + b_i), then the linear output layer (eq. (L2))."""
+def mlp(params, x, cond, depth):
+    """h_0 = [x, cond]; depth layers h <- SiLU(h W_i + b_i); then h W_out + b_out (eq. (L2))."""
+    h = anp.concatenate([x, cond], axis=1)
     for i in range(depth):
         h = silu(dense(h, params[f"W{i}"], params[f"b{i}"]))
     return dense(h, params["W_out"], params["b_out"])
 
 
+def resnet(params, x, cond, depth):
+    """Residual blocks with the conditioning added to each block's input (eq. (L2r)).
+
+    h = x W_in + b_in;  c_i = the i-th H-wide slice of cond W_cond + b_cond;
+    per block: h <- h + SiLU(SiLU(h + c_i) W_ia + b_ia) W_ib + b_ib;  out = SiLU(h) W_out + b_out.
+    """
+    h = dense(x, params["W_in"], params["b_in"])
+    c = dense(cond, params["W_cond"], params["b_cond"])
+    width = params["b_in"].shape[0]
+    for i in range(depth):
+        u = silu(h + c[:, i * width:(i + 1) * width])
+        h = h + dense(silu(dense(u, params[f"W{i}a"], params[f"b{i}a"])), params[f"W{i}b"], params[f"b{i}b"])
+    return dense(silu(h), params["W_out"], params["b_out"])
+
+
+ARCHS = {"mlp": mlp, "resnet": resnet}
+
+
 def denoiser_forward(params, config, x, t, y_index):
-    """eps_theta(x, t, y) for label rows y_index in 0..K (K = null); x (N, D) -> (N, D) (eq. (L3))."""
+    """eps_theta(x, t, y) for label rows y_index in 0..K (K = null); x (N, D) -> (N, D) (eq. (L3)).
+
+    The conditioning is [emb(t), one-hot of y over K + 1 labels].
+    """
     dtype = DTYPES[config.dtype]
     one_hot = np.eye(config.num_labels + 1, dtype=dtype)[y_index]
-    inputs = [x, time_embedding(t, config.t_embed).astype(dtype), one_hot]
-    return mlp(params, anp.concatenate(inputs, axis=1), config.depth)
+    cond = np.concatenate([time_embedding(t, config.t_embed).astype(dtype), one_hot], axis=1)
+    return ARCHS[config.arch](params, x, cond, config.depth)
 
 
 def classifier_forward(params, config, x, t):
-    """Logits of p_phi(y | x_t) from [x, embedding of t]; x (N, D) -> (N, K) (eq. (L4))."""
-    inputs = [x, time_embedding(t, config.t_embed).astype(DTYPES[config.dtype])]
-    return mlp(params, anp.concatenate(inputs, axis=1), config.depth)
+    """Logits of p_phi(y | x_t) conditioned on emb(t); x (N, D) -> (N, K) (eq. (L4))."""
+    cond = time_embedding(t, config.t_embed).astype(DTYPES[config.dtype])
+    return ARCHS[config.arch](params, x, cond, config.depth)
 
 
 def label_rows(y, n, num_labels):

@@ -35,7 +35,8 @@ def classifier_loss(params, config, xt, t, y):
 
 
 def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=0.1, num_labels=None,
-                   hidden=128, depth=3, dtype="float64", ema=0.999, clip=1.0, verbose=True, on_step=None):
+                   hidden=128, depth=3, arch="mlp", dtype="float64", ema=0.999, clip=1.0, verbose=True,
+                   on_step=None):
     """Train eps_theta(x_t, t, y) on data (x0, y) with labels dropped to null with prob. p_uncond.
 
     Each step draws a minibatch of the data, t ~ U{1..T}, eps ~ N(0, I), forms x_t by (P1) and
@@ -48,6 +49,7 @@ def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=
     x0 : array (N, D); y : int array (N,) in 0..K-1, or None for an unconditional model
     sched : Schedule; rng : numpy.random.Generator (the only randomness)
     num_labels : K, default y.max() + 1
+    hidden, depth, arch : the network (nn.MLPConfig; "resnet" suits tiny images)
     verbose : print one progress line to stderr; on_step : optional callable(step, loss) after each step
 
     Returns
@@ -58,7 +60,7 @@ def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=
     batch = as_count(batch, "batch", low=1)
     if not 0 <= p_uncond <= 1:
         raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
-    config = MLPConfig("denoiser", x0.shape[1], K, hidden, depth, dtype=dtype)
+    config = MLPConfig("denoiser", x0.shape[1], K, hidden, depth, dtype=dtype, arch=arch)
     cast = DTYPES[dtype]
 
     def make_batch():
@@ -77,7 +79,7 @@ def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=
 
 
 def train_classifier(x0, y, sched, rng, steps=1000, batch=1024, lr=2e-3, num_labels=None, hidden=128,
-                     depth=3, dtype="float64", ema=0.999, clip=1.0, verbose=True, on_step=None):
+                     depth=3, arch="mlp", dtype="float64", ema=0.999, clip=1.0, verbose=True, on_step=None):
     """Train a noisy classifier p_phi(y | x_t) on x_t = q_sample(x0, t, eps), t ~ U{1..T} (eq. (L6)).
 
     As guided-diffusion trains its noised classifier (Dhariwal & Nichol 2021, Sec. 4). Parameters
@@ -85,7 +87,7 @@ def train_classifier(x0, y, sched, rng, steps=1000, batch=1024, lr=2e-3, num_lab
     """
     x0, y, K = _data(x0, y, num_labels, conditional=False)
     batch = as_count(batch, "batch", low=1)
-    config = MLPConfig("classifier", x0.shape[1], K, hidden, depth, dtype=dtype)
+    config = MLPConfig("classifier", x0.shape[1], K, hidden, depth, dtype=dtype, arch=arch)
     cast = DTYPES[dtype]
 
     def make_batch():

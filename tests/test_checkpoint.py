@@ -102,7 +102,8 @@ def configs(draw):
     kind = draw(st.sampled_from(["denoiser", "classifier"]))
     return MLPConfig(kind, draw(st.integers(1, 8)), draw(st.integers(0 if kind == "denoiser" else 1, 6)),
                      hidden=draw(st.integers(1, 32)), depth=draw(st.integers(1, 3)),
-                     t_embed=2 * draw(st.integers(1, 8)), dtype=draw(st.sampled_from(["float32", "float64"])))
+                     t_embed=2 * draw(st.integers(1, 8)), dtype=draw(st.sampled_from(["float32", "float64"])),
+                     arch=draw(st.sampled_from(["mlp", "resnet"])))
 
 
 @given(configs(), st.integers(0, 2**32 - 1), st.booleans())

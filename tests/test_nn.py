@@ -14,8 +14,8 @@ from hypothesis.extra import numpy as hnp
 from scipy.special import expit
 
 from refdiff.labels import NULL_LABEL
-from refdiff.nn import (Classifier, Denoiser, MLPConfig, dense, denoiser_forward, init_params, silu,
-                        time_embedding)
+from refdiff.nn import (ARCHS, Classifier, Denoiser, MLPConfig, classifier_forward, dense, denoiser_forward,
+                        init_params, param_shapes, silu, time_embedding)
 from refdiff.schedule import Schedule
 from strategies import EPS32, EPS64, assert_bounded, seeds
 
@@ -360,3 +360,50 @@ def test_check_grads_through_the_callables_in_x():
     config = MLPConfig("classifier", 2, 3, hidden=8, depth=2, t_embed=4)
     clf = Classifier(random_params(config, np.random.default_rng(3)), config, model.sched)
     check_grads(lambda v: clf(v, t), modes=["rev"], order=1)(x)
+
+
+# ---- the residual architecture (eq. (L2r)) ---------------------------------------------------
+
+def _resnet_reference(params, x, cond, depth):
+    """(L2r) written out with plain numpy and scipy's expit, independently of refdiff.nn."""
+    act = lambda v: v * expit(v)
+    H = params["b_in"].shape[0]
+    h = x @ params["W_in"] + params["b_in"]
+    c = cond @ params["W_cond"] + params["b_cond"]
+    for i in range(depth):
+        u = act(h + c[:, i * H:(i + 1) * H])
+        h = h + act(u @ params[f"W{i}a"] + params[f"b{i}a"]) @ params[f"W{i}b"] + params[f"b{i}b"]
+    return act(h) @ params["W_out"] + params["b_out"]
+
+
+@pytest.mark.parametrize("kind,num_labels", [("denoiser", 3), ("denoiser", 0), ("classifier", 4)])
+def test_resnet_matches_an_independent_forward_and_its_gradients(kind, num_labels):
+    config = MLPConfig(kind, 3, num_labels, hidden=6, depth=2, t_embed=4, arch="resnet")
+    rng = np.random.default_rng(0)
+    params = {k: 0.5 * rng.standard_normal(s) for k, s in param_shapes(config).items()}  # no zero layers
+    x, t = rng.standard_normal((5, 3)), rng.integers(1, 100, 5)
+    cond = time_embedding(t, 4)
+    if kind == "denoiser":
+        y_index = rng.integers(0, num_labels + 1, 5)
+        cond = np.concatenate([cond, np.eye(num_labels + 1)[y_index]], axis=1)
+        out = denoiser_forward(params, config, x, t, y_index)
+    else:
+        out = classifier_forward(params, config, x, t)
+    # float64 round-off over a few products of O(1) terms
+    np.testing.assert_allclose(out, _resnet_reference(params, x, cond, 2), rtol=1e-12, atol=1e-12)
+    check_grads(lambda p: ARCHS["resnet"](p, x, cond, 2), modes=["rev"], order=1)(params)
+    check_grads(lambda z: ARCHS["resnet"](params, z, cond, 2), modes=["rev"], order=1)(x)
+
+
+def test_resnet_starts_as_identity_blocks_with_a_zero_output():
+    config = MLPConfig("denoiser", 2, 3, hidden=8, depth=2, t_embed=4, arch="resnet")
+    params = init_params(config, np.random.default_rng(0))
+    assert all(not params[f"W{i}b"].any() for i in range(2)) and not params["W_out"].any()
+    assert params["W_in"].any() and params["W_cond"].any() and params["W0a"].any()
+    out = ARCHS["resnet"](params, np.ones((4, 2)), np.ones((4, config.cond_features)), 2)
+    assert not out.any()
+
+
+def test_unknown_arch_is_named():
+    with pytest.raises(ValueError, match="arch must be one of"):
+        MLPConfig("denoiser", 2, 3, arch="transformer")
