@@ -15,9 +15,9 @@ import toy_data
 
 from .guidance import classifier_free_guidance, classifier_guidance
 from .metrics import classifier_excess, denoiser_excess, two_sample_test
-from .samplers import ddpm
+from .samplers import ddim, ddpm
 from .schedule import Schedule
-from .train import CLASSIFIER_2D, DENOISER_2D, train_classifier, train_denoiser
+from .train import CLASSIFIER_2D, CLASSIFIER_IMAGES, DENOISER_2D, DENOISER_IMAGES, train_classifier, train_denoiser
 
 
 def step_times(train, x0, y, sched, rng, **options):
@@ -92,4 +92,32 @@ def _sampling_speed(den, clf, sched, num_labels, rng, n=10_000):
     ms = {name: 1e3 * median_time(fn, 9) for name, fn in fns.items()}
     out = {f"sample_step_ms_{name}": value for name, value in ms.items()}
     out.update({f"sample_step_ratio_{name}": ms[name] / ms["unguided"] for name in ("cfg", "classifier")})
+    return out
+
+
+def run_images(seed=0, denoiser_steps=None, classifier_steps=None, n_samples=700):
+    """Tiny-image figures: training times, the noisy classifier's accuracy on clean images, and how
+    often the rule-based judge (toy_data.images.judge) finds the requested class in unguided
+    conditional samples (DDIM, 50 steps), with the time per sample."""
+    from toy_data import images
+    sched, rng = Schedule.linear(1000), np.random.default_rng(seed)
+    x0, y = images.sample(20_000, rng)
+    den_opts = {**DENOISER_IMAGES, "steps": denoiser_steps or DENOISER_IMAGES["steps"]}
+    clf_opts = {**CLASSIFIER_IMAGES, "steps": classifier_steps or CLASSIFIER_IMAGES["steps"]}
+    out = {"images_seed": seed, "images_denoiser_steps": den_opts["steps"]}
+    start = time.perf_counter()
+    den = train_denoiser(x0, y, sched, rng, verbose=False, **den_opts)
+    out["images_train_seconds_denoiser"] = time.perf_counter() - start
+    start = time.perf_counter()
+    clf = train_classifier(x0, y, sched, rng, verbose=False, **clf_opts)
+    out["images_train_seconds_classifier"] = time.perf_counter() - start
+    x_test, y_test = images.sample(2000, rng)
+    out["images_classifier_accuracy_clean"] = float(np.mean(clf(x_test, 1).argmax(axis=1) == y_test))
+    wanted = np.arange(n_samples) % images.NUM_CLASSES
+    start = time.perf_counter()
+    samples = ddim(lambda x, t: den(x, t, wanted), sched, rng.standard_normal((n_samples, x0.shape[1])), 50)
+    out["images_ms_per_sample_ddim50"] = 1e3 * (time.perf_counter() - start) / n_samples
+    judged = images.judge(samples)
+    out["images_judged_requested_class"] = float(np.mean(judged == wanted))
+    out["images_judged_no_match"] = float(np.mean(judged == images.NO_MATCH))
     return out

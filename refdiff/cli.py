@@ -52,6 +52,8 @@ def build_parser():
     bench.add_argument("--denoiser-steps", type=count, help="override the default denoiser budget")
     bench.add_argument("--classifier-steps", type=count, help="override the default classifier budget")
     bench.add_argument("--n-eval", type=count, default=100_000, help="draws for the excess losses (default 100000)")
+    bench.add_argument("--images", action="store_true",
+                       help="instead, train on the tiny images and judge the samples (several minutes)")
     bench.set_defaults(run=run_bench)
     return parser
 
@@ -66,7 +68,10 @@ def count(text):
 def run_bench(args):
     if args.data not in toy_data.presets():
         raise ValueError(f"--data must be a Gaussian-mixture preset ({', '.join(toy_data.presets())}), got {args.data!r}")
-    figures = bench.run(args.data, args.seed, args.denoiser_steps, args.classifier_steps, args.n_eval)
+    if args.images:
+        figures = bench.run_images(args.seed, args.denoiser_steps, args.classifier_steps)
+    else:
+        figures = bench.run(args.data, args.seed, args.denoiser_steps, args.classifier_steps, args.n_eval)
     figures["malloc_tuned"] = MALLOC_TUNED
     if args.json:
         print(json.dumps(figures, indent=1))

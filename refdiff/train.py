@@ -20,6 +20,11 @@ from .process import q_sample
 # guidance runs on, to ~1.5% excess in these 4000 steps (9% at p_uncond = 0.1).
 DENOISER_2D = {"steps": 4000, "batch": 1024, "lr": 5e-3, "p_uncond": 0.3, "dtype": "float32"}
 CLASSIFIER_2D = {"steps": 1000, "batch": 1024, "lr": 2e-3, "dtype": "float32"}
+# The tiny-image budget (refdiff bench --images): the residual network (L2r), which the 64-pixel
+# images need (a plain MLP of the same width reached half the judged accuracy; docs/learned.md).
+DENOISER_IMAGES = {"steps": 12000, "batch": 256, "lr": 2e-3, "p_uncond": 0.2, "hidden": 256, "depth": 3,
+                   "arch": "resnet", "dtype": "float32"}
+CLASSIFIER_IMAGES = {"steps": 1000, "batch": 256, "lr": 2e-3, "hidden": 128, "dtype": "float32"}
 
 
 def denoising_loss(params, config, xt, t, y_index, eps):

@@ -77,3 +77,13 @@ def test_bench_rejects_bad_arguments(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
+
+
+def test_bench_images_prints_its_figures(capsys):
+    # Tiny budget again: only the presence and range of each figure is checked here.
+    assert main(["bench", "--images", "--json", "--denoiser-steps", "10", "--classifier-steps", "10"]) == 0
+    import json
+    figures = json.loads(capsys.readouterr().out)
+    for key in ("images_classifier_accuracy_clean", "images_judged_requested_class", "images_judged_no_match"):
+        assert 0.0 <= figures[key] <= 1.0, key
+    assert figures["images_train_seconds_denoiser"] > 0 and figures["images_ms_per_sample_ddim50"] > 0
