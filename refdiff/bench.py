@@ -98,7 +98,7 @@ def _sampling_speed(den, clf, sched, num_labels, rng, n=10_000):
 def run_images(seed=0, denoiser_steps=None, classifier_steps=None, n_samples=700):
     """Tiny-image figures: training times, the noisy classifier's accuracy on clean images, and how
     often the rule-based judge (toy_data.images.judge) finds the requested class in unguided
-    conditional samples (DDIM, 50 steps), with the time per sample."""
+    conditional samples (DDIM with 50 steps, DDPM with 1000), with the time per sample."""
     from toy_data import images
     sched, rng = Schedule.linear(1000), np.random.default_rng(seed)
     x0, y = images.sample(20_000, rng)
@@ -114,10 +114,12 @@ def run_images(seed=0, denoiser_steps=None, classifier_steps=None, n_samples=700
     x_test, y_test = images.sample(2000, rng)
     out["images_classifier_accuracy_clean"] = float(np.mean(clf(x_test, 1).argmax(axis=1) == y_test))
     wanted = np.arange(n_samples) % images.NUM_CLASSES
-    start = time.perf_counter()
-    samples = ddim(lambda x, t: den(x, t, wanted), sched, rng.standard_normal((n_samples, x0.shape[1])), 50)
-    out["images_ms_per_sample_ddim50"] = 1e3 * (time.perf_counter() - start) / n_samples
-    judged = images.judge(samples)
-    out["images_judged_requested_class"] = float(np.mean(judged == wanted))
-    out["images_judged_no_match"] = float(np.mean(judged == images.NO_MATCH))
+    eps_fn = lambda x, t: den(x, t, wanted)
+    samplers = {"ddim50": lambda x_T: ddim(eps_fn, sched, x_T, 50), "ddpm1000": lambda x_T: ddpm(eps_fn, sched, x_T, rng)}
+    for name, sample in samplers.items():
+        start = time.perf_counter()
+        judged = images.judge(sample(rng.standard_normal((n_samples, x0.shape[1]))))
+        out[f"images_ms_per_sample_{name}"] = 1e3 * (time.perf_counter() - start) / n_samples
+        out[f"images_judged_requested_class_{name}"] = float(np.mean(judged == wanted))
+        out[f"images_judged_no_match_{name}"] = float(np.mean(judged == images.NO_MATCH))
     return out

@@ -84,6 +84,7 @@ def test_bench_images_prints_its_figures(capsys):
     assert main(["bench", "--images", "--json", "--denoiser-steps", "10", "--classifier-steps", "10"]) == 0
     import json
     figures = json.loads(capsys.readouterr().out)
-    for key in ("images_classifier_accuracy_clean", "images_judged_requested_class", "images_judged_no_match"):
+    for key in ("images_classifier_accuracy_clean", "images_judged_requested_class_ddim50",
+                "images_judged_no_match_ddim50", "images_judged_requested_class_ddpm1000"):
         assert 0.0 <= figures[key] <= 1.0, key
-    assert figures["images_train_seconds_denoiser"] > 0 and figures["images_ms_per_sample_ddim50"] > 0
+    assert figures["images_train_seconds_denoiser"] > 0 and figures["images_ms_per_sample_ddpm1000"] > 0
