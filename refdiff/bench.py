@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 import toy_data
+from toy_data import images
 
 from .guidance import classifier_free_guidance, classifier_guidance
 from .metrics import classifier_excess, denoiser_excess, two_sample_test
@@ -25,6 +26,21 @@ def step_times(train, x0, y, sched, rng, **options):
     stamps = []
     train(x0, y, sched, rng, verbose=False, on_step=lambda k, loss: stamps.append(time.perf_counter()), **options)
     return np.diff(stamps)
+
+
+def _budget(default, steps):
+    """A training budget with its step count replaced when ``steps`` is given."""
+    return {**default, "steps": steps or default["steps"]}
+
+
+def _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, prefix):
+    """Train the denoiser and the noisy classifier, recording each one's wall time in ``out``."""
+    models = []
+    for name, train, opts in (("denoiser", train_denoiser, den_opts), ("classifier", train_classifier, clf_opts)):
+        start = time.perf_counter()
+        models.append(train(x0, y, sched, rng, verbose=False, **opts))
+        out[f"{prefix}train_seconds_{name}"] = time.perf_counter() - start
+    return models
 
 
 def median_time(fn, repeats):
@@ -42,20 +58,13 @@ def run(data="ring8", seed=0, denoiser_steps=None, classifier_steps=None, n_eval
     """All the figures as a dict of plain numbers (what ``refdiff bench --json`` prints)."""
     mix, sched, rng = toy_data.mixture(data), Schedule.linear(1000), np.random.default_rng(seed)
     x0, y = mix.sample(50_000, rng)
-    den_opts = {**DENOISER_2D, "steps": denoiser_steps or DENOISER_2D["steps"]}
-    clf_opts = {**CLASSIFIER_2D, "steps": classifier_steps or CLASSIFIER_2D["steps"]}
+    den_opts, clf_opts = _budget(DENOISER_2D, denoiser_steps), _budget(CLASSIFIER_2D, classifier_steps)
     out = {"data": data, "seed": seed, "batch": DENOISER_2D["batch"]}
     for dtype in ("float64", "float32"):
         for name, train, opts in (("denoiser", train_denoiser, den_opts), ("classifier", train_classifier, clf_opts)):
             times = step_times(train, x0, y, sched, rng, **{**opts, "steps": 21, "dtype": dtype})
             out[f"train_step_ms_{name}_{dtype}"] = 1e3 * float(np.median(times))
-
-    start = time.perf_counter()
-    den = train_denoiser(x0, y, sched, rng, verbose=False, **den_opts)
-    out["train_seconds_denoiser"] = time.perf_counter() - start
-    start = time.perf_counter()
-    clf = train_classifier(x0, y, sched, rng, verbose=False, **clf_opts)
-    out["train_seconds_classifier"] = time.perf_counter() - start
+    den, clf = _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, "")
     out.update(_quality(mix, sched, den, clf, rng, n_eval, n_samples, den_opts["p_uncond"]))
     out.update(_sampling_speed(den, clf, sched, mix.num_labels, rng))
     return out
@@ -99,18 +108,11 @@ def run_images(seed=0, denoiser_steps=None, classifier_steps=None, n_samples=700
     """Tiny-image figures: training times, the noisy classifier's accuracy on clean images, and how
     often the rule-based judge (toy_data.images.judge) finds the requested class in unguided
     conditional samples (DDIM with 50 steps, DDPM with 1000), with the time per sample."""
-    from toy_data import images
     sched, rng = Schedule.linear(1000), np.random.default_rng(seed)
     x0, y = images.sample(20_000, rng)
-    den_opts = {**DENOISER_IMAGES, "steps": denoiser_steps or DENOISER_IMAGES["steps"]}
-    clf_opts = {**CLASSIFIER_IMAGES, "steps": classifier_steps or CLASSIFIER_IMAGES["steps"]}
+    den_opts, clf_opts = _budget(DENOISER_IMAGES, denoiser_steps), _budget(CLASSIFIER_IMAGES, classifier_steps)
     out = {"images_seed": seed, "images_denoiser_steps": den_opts["steps"]}
-    start = time.perf_counter()
-    den = train_denoiser(x0, y, sched, rng, verbose=False, **den_opts)
-    out["images_train_seconds_denoiser"] = time.perf_counter() - start
-    start = time.perf_counter()
-    clf = train_classifier(x0, y, sched, rng, verbose=False, **clf_opts)
-    out["images_train_seconds_classifier"] = time.perf_counter() - start
+    den, clf = _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, "images_")
     x_test, y_test = images.sample(2000, rng)
     out["images_classifier_accuracy_clean"] = float(np.mean(clf(x_test, 1).argmax(axis=1) == y_test))
     wanted = np.arange(n_samples) % images.NUM_CLASSES
