@@ -22,7 +22,7 @@ DENOISER_2D = {"steps": 4000, "batch": 1024, "lr": 5e-3, "p_uncond": 0.3, "dtype
 CLASSIFIER_2D = {"steps": 1000, "batch": 1024, "lr": 2e-3, "dtype": "float32"}
 # The tiny-image budget (refdiff bench --images): the residual network (L2r), which the 64-pixel
 # images need (a plain MLP of the same width reached half the judged accuracy; docs/learned.md).
-DENOISER_IMAGES = {"steps": 12000, "batch": 256, "lr": 2e-3, "p_uncond": 0.2, "hidden": 256, "depth": 3,
+DENOISER_IMAGES = {"steps": 30000, "batch": 256, "lr": 2e-3, "p_uncond": 0.2, "hidden": 256, "depth": 3,
                    "arch": "resnet", "dtype": "float32"}
 CLASSIFIER_IMAGES = {"steps": 1000, "batch": 256, "lr": 2e-3, "hidden": 128, "dtype": "float32"}
 
