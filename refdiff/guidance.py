@@ -1,49 +1,101 @@
-"""Guidance: turn a denoiser (and a noisy classifier) into a guided ``eps_fn(x, t)``.
+"""Guidance: turn a denoiser (and a noisy classifier) into a guided ``eps_fn(x, t)`` (docs/guidance.md).
 
-Each function wraps model callables and returns a plain ``eps_fn`` that every sampler takes.
+Each function wraps model callables and returns a plain ``eps_fn`` that every sampler takes, or,
+for the mean-shift form, the gradient that ``samplers.ddpm(..., mean_shift=...)`` adds to its mean.
 Scales follow DESIGN.md: classifier guidance's ``scale`` s multiplies grad log p(y | x_t);
 classifier-free guidance's ``w`` is Ho & Salimans' (2022) weight, and diffusers'
-``guidance_scale`` equals 1 + w.
+``guidance_scale`` equals 1 + w (eq. (G6)).
 """
 import autograd.numpy as anp
 import numpy as np
 from autograd import grad
 from autograd.scipy.special import logsumexp
 
-from .arrays import as_points
+from .arrays import as_points, as_timesteps
 from .labels import NULL_LABEL, as_labels
 
 
-def classifier_guidance(eps_model, logits_model, sched, y, scale, conditional=False):
-    """eps_bar = eps(x_t, t) - sqrt(1 - alpha_bar_t) * scale * grad_x log p(y | x_t).
+def classifier_grad(logits_model, sched, y, scale):
+    """g(x_t, t) = scale * grad_x log softmax(logits(x_t, t))[y], eq. (G2).
 
-    Dhariwal & Nichol (2021), Algorithm 2. The gradient of log softmax(logits)[y] comes from
-    autograd through ``logits_model``, one backward pass for the whole batch per call. The
-    denoiser is evaluated unconditionally (y=None) unless ``conditional``.
+    Guided-diffusion's ``cond_fn``: the classifier's log-probability of the target label, not its
+    probability (Dhariwal & Nichol 2021, Algorithms 1-2). Autograd differentiates the batch sum of
+    the per-row log-probabilities in one backward pass; that is each row's own gradient because a
+    classifier scores every row independently.
+
+    Parameters
+    ----------
+    logits_model : callable (x, t) -> (N, K) logits, differentiable by autograd in x
+    sched : Schedule the classifier was trained with; t must be in 1..sched.T
+    y : int or int array (N,) of target labels in 0..K-1
+    scale : finite float, s
+
+    Returns
+    -------
+    grad_fn : callable (x (N, D), t) -> (N, D)
+    """
+    scale = _finite(scale, "scale")
+    _check_schedule(logits_model, sched, "logits_model")
+
+    def grad_fn(x, t):
+        x, t, labels = _guidance_inputs(x, t, y, sched)
+        return scale * grad(lambda z: _sum_log_softmax_at(logits_model(z, t), labels))(x)
+    return grad_fn
+
+
+def classifier_guidance(eps_model, logits_model, sched, y, scale, conditional=False):
+    """eps_bar = eps(x_t, t) - sqrt(1 - alpha_bar_t) * scale * grad_x log p(y | x_t), eq. (G3).
+
+    Dhariwal & Nichol (2021), Algorithm 2, with the gradient of eq. (G2). The denoiser is
+    evaluated unconditionally (y=None), so that scale 1 gives the conditional model (G4). With
+    ``conditional=True`` it is evaluated at y, and scale s then equals CFG with w = s (G7).
 
     Parameters
     ----------
     eps_model : callable (x, t, y=None) -> (N, D)
     logits_model : callable (x, t) -> (N, K), differentiable by autograd in x
-    sched : Schedule; y : int or int array (N,) of target labels; scale : finite float
+    sched : Schedule both models were trained with
+    y : int or int array (N,) of target labels; scale : finite float, s
+
+    Returns
+    -------
+    eps_fn : callable (x (N, D), t) -> (N, D)
     """
-    scale = _finite(scale, "scale")
+    grad_fn = classifier_grad(logits_model, sched, y, scale)
+    _check_schedule(eps_model, sched, "eps_model")
 
     def eps_fn(x, t):
-        x = as_points(x, "x")
-        labels = _target_labels(y, x.shape[0])
-        a = sched.alpha_bar[np.asarray(t)]
-        g = grad(lambda z: _sum_log_softmax_at(logits_model(z, t), labels))(x)
+        x, t, labels = _guidance_inputs(x, t, y, sched)
         eps = eps_model(x, t, labels if conditional else None)
-        return eps - (np.sqrt(1 - a) * scale).reshape(-1, 1).astype(x.dtype) * g
+        sigma = np.sqrt(1 - sched.alpha_bar[t]).reshape(-1, 1).astype(x.dtype)
+        return eps - sigma * grad_fn(x, t)
     return eps_fn
 
 
-def classifier_free_guidance(eps_model, y, w):
-    """eps_bar = (1 + w) eps(x_t, t, y) - w eps(x_t, t, null), Ho & Salimans (2022), eq. 6.
+def cfg_rule(cond, uncond, w):
+    """(1 + w) cond - w uncond, eq. (G5): Ho & Salimans (2022), eq. 6.
 
-    Both predictions come from one batched call on [x; x] with labels [y; NULL_LABEL]. w = 0 is
-    the conditional model, w = -1 the unconditional one.
+    The weights sum to 1, so the rule commutes with any map that is affine in the prediction:
+    it gives the same guided model applied to eps, x0, score or v predictions (G8).
+    """
+    return (1 + w) * cond - w * uncond
+
+
+def classifier_free_guidance(eps_model, y, w):
+    """eps_bar = (1 + w) eps(x_t, t, y) - w eps(x_t, t, null), eq. (G5).
+
+    Ho & Salimans (2022), eq. 6 and Algorithm 2. Both predictions come from one batched call on
+    [x; x] with labels [y; NULL_LABEL]. w = 0 is the conditional model, w = -1 the unconditional
+    one; diffusers' guidance_scale is 1 + w (G6, ``w_from_guidance_scale``).
+
+    Parameters
+    ----------
+    eps_model : callable (x, t, y=None) -> (N, D), trained with label dropout to NULL_LABEL
+    y : int or int array (N,) of target labels; w : finite float
+
+    Returns
+    -------
+    eps_fn : callable (x (N, D), t) -> (N, D)
     """
     w = _finite(w, "w")
 
@@ -54,26 +106,46 @@ def classifier_free_guidance(eps_model, y, w):
         tt = np.broadcast_to(np.asarray(t), (n,))
         both = eps_model(np.concatenate([x, x]), np.concatenate([tt, tt]),
                          np.concatenate([labels, np.full(n, NULL_LABEL)]))
-        return (1 + w) * both[:n] - w * both[n:]
+        return cfg_rule(both[:n], both[n:], w)
     return eps_fn
 
 
 def w_from_guidance_scale(guidance_scale):
-    """Ho & Salimans' w from diffusers' guidance_scale s: their rule uncond + s (cond - uncond)
-    equals (1 + w) cond - w uncond with w = s - 1."""
+    """Ho & Salimans' w from diffusers' guidance_scale, eq. (G6): w = guidance_scale - 1.
+
+    diffusers computes uncond + guidance_scale * (cond - uncond), which is (G5) with 1 + w in
+    place of guidance_scale; guidance_scale = 1 is the conditional model, as is w = 0.
+    """
     return _finite(guidance_scale, "guidance_scale") - 1.0
+
+
+def _guidance_inputs(x, t, y, sched):
+    """x as (N, D), t as int64 (N,) in 1..T, and the target labels as int64 (N,)."""
+    x = as_points(x, "x")
+    return x, as_timesteps(t, x.shape[0], sched.T), _target_labels(y, x.shape[0])
 
 
 def _sum_log_softmax_at(logits, labels):
     """sum_n log softmax(logits_n)[labels_n], written with autograd.numpy so it differentiates."""
+    num_labels = logits.shape[1]
+    if labels.max() >= num_labels:
+        raise ValueError(f"y must be in 0..{num_labels - 1} (the classifier's labels), got {labels.max()}")
     return anp.sum(logits[np.arange(len(labels)), labels] - logsumexp(logits, axis=1))
 
 
 def _target_labels(y, n):
+    """y as int64 (n,), each >= 0; the models check the upper end against their own K."""
     labels = as_labels(y, n, np.iinfo(np.int64).max, allow_null=False)
     if labels is None:
         raise ValueError("y must be a label (int or int array) for guidance, got None")
     return labels
+
+
+def _check_schedule(model, sched, name):
+    """A trained network carries its Schedule; guiding it with another one is a silent error."""
+    own = getattr(model, "sched", None)
+    if own is not None and not np.array_equal(own.betas, sched.betas):
+        raise ValueError(f"{name} was trained with a different schedule (T = {own.T}) from sched (T = {sched.T})")
 
 
 def _finite(value, name):

@@ -1,5 +1,5 @@
-"""Sample-quality metrics: energy distance, its permutation two-sample test, per-class moments
-(docs/metrics.md).
+"""Sample-quality metrics: energy distance, its permutation two-sample test, per-class moments,
+and the fidelity and diversity of guided samples (docs/metrics.md).
 
 The energy distance of Szekely & Rizzo (2013, "Energy statistics: a class of statistics based on
 distances", J. Statist. Plann. Inference 143) between X ~ F and Y ~ G is
@@ -160,6 +160,40 @@ def class_moments(x, y, num_labels):
             dev = xk - means[k]
             covs[k] = dev.T @ dev / (counts[k] - 1)
     return counts, means, covs
+
+
+def fidelity(mixture, x, y):
+    """Mean exact p(y_i | x_i) of samples x with requested labels y, and its standard error (eq. (M7)).
+
+    The oracle's classifier (O5) on clean data (alpha_bar = 1): how surely the true distribution
+    assigns each sample to the label it was asked for. Guidance trades diversity for this.
+
+    Parameters
+    ----------
+    mixture : oracle.GaussianMixture; x : array (N, D), N >= 2; y : int or int array (N,)
+
+    Returns
+    -------
+    (mean, stderr) : floats; stderr = std(ddof=1) / sqrt(N)
+    """
+    x = as_points(x, "x", dim=mixture.dim)
+    if len(x) < 2:
+        raise ValueError(f"x must hold at least 2 samples for a standard error, got {len(x)}")
+    if y is None:
+        raise ValueError(f"y must be the requested labels in 0..{mixture.num_labels - 1}, got None")
+    labels = as_labels(y, len(x), mixture.num_labels, allow_null=False)
+    p = np.exp(mixture.log_classifier(x, 1.0)[np.arange(len(x)), labels])
+    return float(p.mean()), float(p.std(ddof=1) / np.sqrt(len(x)))
+
+
+def class_spread(x, y, num_labels):
+    """Per-class spread sqrt(trace C_k), the root-mean-square distance to the class mean (eq. (M8)).
+
+    C_k is the class covariance of (M4) (ddof = 1); NaN for a class with fewer than 2 points. The
+    diversity half of guidance's fidelity-diversity trade-off. Shape (K,).
+    """
+    _, _, covs = class_moments(x, y, num_labels)
+    return np.sqrt(np.trace(covs, axis1=1, axis2=2))
 
 
 def _decide(observed, null, tie_atol, alpha):

@@ -17,7 +17,7 @@ VARIANCES = ("beta_tilde", "beta")
 
 
 def ddpm(eps_fn, sched, x_T, rng, variance="beta_tilde", steps=None, spacing=None,
-         return_path=False, callback=None):
+         mean_shift=None, return_path=False, callback=None):
     """Ancestral sampling, Ho et al. (2020) Algorithm 2 (eq. (D1)).
 
     x_{t-1} = mu(x_t, eps) + sigma_t z with mu from eq. (P4) and z ~ N(0, I) for t > 1, z = 0
@@ -25,6 +25,11 @@ def ddpm(eps_fn, sched, x_T, rng, variance="beta_tilde", steps=None, spacing=Non
     With ``steps`` the chain runs on the respaced schedule over ``sched.timesteps(steps, spacing)``
     (eq. (S5); spacing defaults to "leading"), calling eps_fn with the original timesteps
     (Nichol & Dhariwal 2021, Sec. 4). ``spacing`` without ``steps`` is an error.
+
+    ``mean_shift(x, t) -> g``, if given, moves each step's mean to mu + sigma_t^2 g: the mean-shift
+    form of classifier guidance, Dhariwal & Nichol (2021) Algorithm 1 with g from
+    ``guidance.classifier_grad`` (eq. (G9)). With sigma_t^2 = beta_tilde_t the shift is 0 at the
+    last step (t = 1); the eps form (G3) instead shifts the mean by (beta_t / sqrt(alpha_t)) g (G10).
 
     Parameters
     ----------
@@ -46,6 +51,8 @@ def ddpm(eps_fn, sched, x_T, rng, variance="beta_tilde", steps=None, spacing=Non
         tt = np.full(x.shape[0], j)
         eps = _call(eps_fn, x, t)
         x_new = p_mean(sub, x, tt, eps)
+        if mean_shift is not None:
+            x_new = x_new + column(var_table, tt, x) * _call(mean_shift, x, t, "mean_shift")
         if j > 1:
             x_new = x_new + np.sqrt(column(var_table, tt, x)) * rng.standard_normal(x.shape, dtype=x.dtype)
         x = _step_done(x_new, t, eps, path, return_path, callback)
@@ -88,12 +95,12 @@ def _start(x_T, rng, needs_rng):
     return as_points(x_T, "x_T")
 
 
-def _call(eps_fn, x, t):
-    """eps_fn at one timestep for the whole batch, checked to return an array shaped like x."""
-    eps = np.asarray(eps_fn(x, np.full(x.shape[0], t)))
-    if eps.shape != x.shape:
-        raise ValueError(f"eps_fn must return an array of shape {x.shape}, got {eps.shape}")
-    return eps.astype(x.dtype, copy=False)
+def _call(fn, x, t, name="eps_fn"):
+    """fn(x, t) at one timestep for the whole batch, checked to return an array shaped like x."""
+    out = np.asarray(fn(x, np.full(x.shape[0], t)))
+    if out.shape != x.shape:
+        raise ValueError(f"{name} must return an array of shape {x.shape}, got {out.shape}")
+    return out.astype(x.dtype, copy=False)
 
 
 def _step_done(x, t, eps, path, return_path, callback):

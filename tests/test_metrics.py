@@ -1,6 +1,7 @@
 """Tests for refdiff/metrics.py: the energy distance (M1) against a double loop and scipy, its
 invariances, the matrix-product permutation statistics (M2), the permutation test's level, power
-and p-value (M3), per-class moments (M4), and every ValueError."""
+and p-value (M3), per-class moments (M4), the fidelity (M7) and spread (M8) of guided samples
+against scipy, and every ValueError."""
 import itertools
 import math
 
@@ -11,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 
-from refdiff.metrics import (TIE_RTOL, TwoSampleResult, class_moments, energy_distance,
-                             partition_energies, two_sample_test)
+import toy_data
+from refdiff.metrics import (TIE_RTOL, TwoSampleResult, class_moments, class_spread, energy_distance,
+                             fidelity, partition_energies, two_sample_test)
 
 # Round-off: every distance carries a relative error of a few ulps of the largest coordinate, and
 # (M1) combines averages with coefficients of total weight 4, so |error| <= ~10 eps * max|coord|
@@ -248,3 +250,53 @@ def test_bad_class_moment_inputs_raise(kwargs, name):
     args = dict(x=np.zeros((4, 2)), y=[0, 1, 1, 0], num_labels=3) | kwargs
     with pytest.raises(ValueError, match=f"^{name} "):
         class_moments(**args)
+
+
+# ---- (M7), (M8): fidelity and spread of guided samples ------------------------------------------
+def test_fidelity_is_the_mean_bayes_posterior_of_the_requested_label():
+    # three_overlapping: equal weights, one Gaussian per label, so p(y | x) = N(x; mu_y, S_y) /
+    # sum_k N(x; mu_k, S_k), computed here with scipy from the parameters.
+    mix = toy_data.mixture("three_overlapping")
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(-2, 2, (500, 2)), rng.integers(0, 3, 500)
+    dens = np.stack([scipy.stats.multivariate_normal(mix.means[k], mix.covs[k]).pdf(x) for k in range(3)], 1)
+    p = dens[np.arange(500), y] / dens.sum(1)
+    mean, stderr = fidelity(mix, x, y)
+    np.testing.assert_allclose([mean, stderr], [p.mean(), p.std(ddof=1) / np.sqrt(500)], rtol=1e-12)
+    assert fidelity(mix, x, 2)[0] == pytest.approx(np.mean(dens[:, 2] / dens.sum(1)), rel=1e-12)
+
+
+def test_fidelity_of_true_samples_is_their_expected_value():
+    # E[p(y | x)] over (x, y) ~ p is E_x[sum_y p(y | x)^2]; both estimated from 20000 draws, the
+    # first with its own standard error (5 SE).
+    mix = toy_data.mixture("three_overlapping")
+    x, y = mix.sample(20_000, np.random.default_rng(5))
+    mean, stderr = fidelity(mix, x, y)
+    expected = np.mean(np.sum(np.exp(2 * mix.log_classifier(x, 1.0)), axis=1))
+    assert abs(mean - expected) <= 5 * stderr, (mean, expected, stderr)
+
+
+@given(st.integers(2, 40), st.integers(1, 4), st.integers(1, 4), st.integers(0, 2 ** 32 - 1))
+def test_class_spread_is_the_rms_distance_to_the_class_mean(n, dim, num_labels, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)) * 10.0 ** rng.uniform(-3, 3)
+    y = rng.integers(0, num_labels, n)
+    spread = class_spread(x, y, num_labels)
+    assert spread.shape == (num_labels,)
+    for k in range(num_labels):
+        xk = x[y == k]
+        if len(xk) < 2:
+            assert np.isnan(spread[k])
+        else:  # sum of squared distances to the mean over n_k - 1, as the trace of (M4)
+            want = np.sqrt(np.sum((xk - xk.mean(0)) ** 2) / (len(xk) - 1))
+            np.testing.assert_allclose(spread[k], want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(x=np.zeros((4, 3))), "x"), (dict(x=np.zeros((1, 2))), "x"),
+    (dict(y=None), "y"), (dict(y=[0, 1, 3, 0]), "y"), (dict(y=[0, 1, -1, 0]), "y"),
+])
+def test_bad_fidelity_inputs_raise(kwargs, name):
+    args = dict(mixture=toy_data.mixture("three_overlapping"), x=np.zeros((4, 2)), y=[0, 1, 1, 0]) | kwargs
+    with pytest.raises(ValueError, match=f"^{name} "):
+        fidelity(**args)

@@ -7,7 +7,6 @@ importance sampling, the classifier against Bayes' rule, and sampling and the op
 the parameters, each with a stated tolerance: float64 round-off scaled by the conditioning, or a
 multiple of the Monte Carlo standard error of the sample size used.
 """
-from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -22,6 +21,8 @@ from refdiff.labels import NULL_LABEL
 from refdiff.oracle import GaussianMixture
 from refdiff.process import score_to_eps
 from refdiff.schedule import Schedule
+
+from strategies import Params, finite, mixtures
 
 EPS = np.finfo(np.float64).eps
 SCHEDULES = {"linear": Schedule.linear(1000), "cosine": Schedule.cosine(1000)}
@@ -39,74 +40,7 @@ ROUNDOFF = 64
 Z_MC = 5
 
 
-# ---- strategies: random labelled mixtures ------------------------------------------------------
-class Params(NamedTuple):
-    """The raw parameters of a mixture; the reference computations read these, never the oracle."""
-    weights: np.ndarray  # (K,), unnormalised
-    means: np.ndarray  # (K, D)
-    covs: np.ndarray  # (K, D, D)
-    labels: np.ndarray  # (K,), covering 0..L-1
-
-    @property
-    def gm(self):
-        return GaussianMixture(self.weights, self.means, self.covs, self.labels)
-
-    @property
-    def pi(self):
-        return self.weights / self.weights.sum()
-
-    @property
-    def dim(self):
-        return self.means.shape[1]
-
-    @property
-    def num_labels(self):
-        return int(self.labels.max()) + 1
-
-    @property
-    def label_prior(self):
-        """p(y) = sum of the weights of label y's components, shape (L,)."""
-        return np.array([self.pi[self.labels == y].sum() for y in range(self.num_labels)])
-
-    def noised(self, a):
-        """Means sqrt(a) mu_k (K, D) and covariances a Sigma_k + (1 - a) I (K, D, D) of eq. (O1)."""
-        return np.sqrt(a) * self.means, a * self.covs + (1 - a) * np.eye(self.dim)
-
-    def conditioning(self, a):
-        """Per-component condition number and smallest eigenvalue of the noised covariances, (K,)."""
-        lam = np.linalg.eigvalsh(self.noised(a)[1])
-        return lam[:, -1] / lam[:, 0], lam[:, 0]
-
-
-finite = dict(allow_nan=False, allow_infinity=False, allow_subnormal=False)
-
-
-@st.composite
-def spd_matrices(draw, dim):
-    """A A^T + c I rescaled: largest eigenvalue in [1e-2, 10], condition number <= 1 + 1e3."""
-    a = draw(hnp.arrays(np.float64, (dim, dim), elements=st.floats(-1, 1, **finite)))
-    cond = 10 ** draw(st.floats(0, 3))
-    scale = 10 ** draw(st.floats(-2, 1))
-    gram = 0.5 * (a @ a.T + (a @ a.T).T)  # exactly symmetric
-    top = np.linalg.eigvalsh(gram)[-1]
-    unit = gram / top if top > 1e-6 else np.zeros_like(gram)  # eigenvalues in [0, 1]
-    return scale * (unit + np.eye(dim) / cond) / (1 + 1 / cond)
-
-
-@st.composite
-def mixtures(draw, max_components=5, max_dim=4):
-    """K in 1..5 components in D in 1..4; labels 0..L-1 each used, some owning several components."""
-    K = draw(st.integers(1, max_components))
-    D = draw(st.integers(1, max_dim))
-    weights = draw(hnp.arrays(np.float64, K, elements=st.floats(0.05, 1)))
-    means = draw(hnp.arrays(np.float64, (K, D), elements=st.floats(-5, 5, **finite)))
-    covs = np.stack([draw(spd_matrices(D)) for _ in range(K)])
-    L = draw(st.integers(1, K))
-    extra = draw(st.lists(st.integers(0, L - 1), min_size=K - L, max_size=K - L))
-    labels = np.array(draw(st.permutations(list(range(L)) + extra)), dtype=np.int64)
-    return Params(weights, means, covs, labels)
-
-
+# ---- strategies: random labelled mixtures (tests/strategies.py) and query points ------------
 def points(dim, bound=8.0, max_rows=4):
     """(N, D) query points in a box around the mixture (its means lie within 5 per coordinate)."""
     return st.integers(1, max_rows).flatmap(lambda n: hnp.arrays(

@@ -22,9 +22,9 @@ def draw(name, n=N, seed=0):
 # ---- the registry -------------------------------------------------------------------------
 def test_names_sorted_and_complete():
     assert NAMES == tuple(sorted(NAMES))
-    assert set(NAMES) == {"three_gaussians", "ring8", "anisotropic", "moons", "circles", "spirals",
+    assert set(NAMES) == {"three_gaussians", "three_overlapping", "ring8", "anisotropic", "moons", "circles", "spirals",
                           "checkerboard", "swiss_roll"}
-    assert set(PRESETS) == {"three_gaussians", "ring8", "anisotropic"}
+    assert set(PRESETS) == {"three_gaussians", "three_overlapping", "ring8", "anisotropic"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -67,7 +67,8 @@ def test_registry_calls_the_generator(name):
 
 
 # ---- the presets ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name, components", [("three_gaussians", 3), ("ring8", 8), ("anisotropic", 4)])
+@pytest.mark.parametrize("name, components", [("three_gaussians", 3), ("three_overlapping", 3), ("ring8", 8),
+                                                  ("anisotropic", 4)])
 def test_preset_structure(name, components):
     gm = toy_data.mixture(name)
     assert isinstance(gm, GaussianMixture) and gm.dim == 2
@@ -93,7 +94,7 @@ def test_preset_class_means_and_frequencies(name):
 
 
 def test_isotropic_presets_geometry():
-    for name, radius, std in [("three_gaussians", 1.5, 0.3), ("ring8", 2.0, 0.2)]:
+    for name, radius, std in [("three_gaussians", 1.5, 0.3), ("three_overlapping", 1.0, 0.5), ("ring8", 2.0, 0.2)]:
         gm = toy_data.mixture(name)
         K = gm.num_components
         np.testing.assert_allclose(np.linalg.norm(gm.means, axis=1), radius, rtol=1e-12)

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Callable, NamedTuple
 
 from .two_d import (anisotropic, check_sample_args, checkerboard, circles, moons, ring8, spirals,
-                    swiss_roll, three_gaussians)
+                    swiss_roll, three_gaussians, three_overlapping)
 
 
 class DataSet(NamedTuple):
@@ -29,6 +29,8 @@ REGISTRY = MappingProxyType({
     "three_gaussians": DataSet(three_gaussians, 3, True,
                                "3 isotropic Gaussians (std 0.3) on a circle of radius 1.5; "
                                "Ho & Salimans 2022, Fig. 2"),
+    "three_overlapping": DataSet(three_overlapping, 3, True,
+                                 "3 isotropic Gaussians (std 0.5) on a circle of radius 1, overlapping"),
     "ring8": DataSet(ring8, 8, True, "8 isotropic Gaussians (std 0.2) on a circle of radius 2"),
     "anisotropic": DataSet(anisotropic, 3, True,
                            "4 rotated elongated Gaussians, unequal weights, label 2 owns two"),

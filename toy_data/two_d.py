@@ -1,6 +1,6 @@
 """Two-dimensional labelled toy data: Gaussian-mixture presets and sample-only sets.
 
-The presets (``three_gaussians``, ``ring8``, ``anisotropic``) are ``refdiff.oracle.GaussianMixture``
+The presets (``three_gaussians``, ``three_overlapping``, ``ring8``, ``anisotropic``) are ``refdiff.oracle.GaussianMixture``
 objects, so the exact oracle (scores, optimal eps, noisy classifier) applies to them. The
 sample-only sets (``moons``, ``circles``, ``spirals``, ``checkerboard``, ``swiss_roll``) have no
 closed form; each is a function ``f(n, rng) -> (x, y)`` with x float64 of shape (n, 2) and y int64
@@ -70,6 +70,19 @@ def three_gaussians():
     about 8.7 standard deviations: separated at t = 0, overlapping once the noise std nears 1.
     """
     return _isotropic_ring(3, radius=1.5, std=0.3)
+
+
+def three_overlapping():
+    """Three overlapping isotropic Gaussians on a circle, one class each.
+
+    Parameters: none. Returns: a GaussianMixture with 3 components and 3 labels.
+
+    Construction: as ``three_gaussians`` with radius 1 and std 0.5. Neighbouring means are
+    sqrt(3) ~ 1.73 apart, about 3.5 standard deviations, so the classes overlap even at t = 0:
+    the mean exact p(y | x_0) of p(x | y) samples is about 0.89, and guidance has room to raise it
+    (the fidelity-diversity trade-off of docs/guidance.md).
+    """
+    return _isotropic_ring(3, radius=1.0, std=0.5)
 
 
 def ring8():
