@@ -1,0 +1,63 @@
+"""The guidance sweep (refdiff/sweep.py): rows and samples for every method and strength, the two
+methods' agreement on exact models (G5), and the measures against direct computations."""
+import numpy as np
+import pytest
+
+import toy_data
+from refdiff.metrics import class_spread, energy_distance, fidelity
+from refdiff.samplers import ddim
+from refdiff.schedule import Schedule
+from refdiff.sweep import METHODS, format_table, guided_eps_fn, image_measures, mixture_measures, scale_sweep
+from toy_data import images
+
+SCHED = Schedule.linear(1000)
+MIX = toy_data.mixture("three_overlapping")
+
+
+def test_sweep_rows_samples_and_the_methods_agree_on_exact_models():
+    n, ws = 300, (0.0, 1.0, 3.0)
+    y, x_T = np.arange(n) % 3, np.random.default_rng(0).standard_normal((n, 2))
+    model, logits = MIX.eps_model(SCHED), MIX.classifier(SCHED)
+    rows, samples = scale_sweep(model, logits, SCHED, y, ws, x_T, mixture_measures(MIX, np.random.default_rng(1)),
+                                steps=20)
+    assert [(r["method"], r["w"], r["scale"]) for r in rows] == [(m, w, 1 + w) for m in METHODS for w in ws]
+    assert set(samples) == {(m, w) for m in METHODS for w in ws}
+    for w in ws:  # each sample is the DDIM run of its guided eps_fn from the common x_T
+        want = ddim(guided_eps_fn("cfg", w, model, logits, SCHED, y), SCHED, x_T, 20)
+        np.testing.assert_array_equal(samples["cfg", w], want)
+        # (G5): on exact models CFG(w) and classifier guidance (1 + w) give the same chain.
+        np.testing.assert_allclose(samples["classifier", w], samples["cfg", w], atol=1e-7)
+    first = rows[0]
+    assert first["fidelity"] == pytest.approx(fidelity(MIX, samples["classifier", 0.0], y)[0], rel=1e-12)
+    assert first["spread"] == pytest.approx(np.mean(class_spread(samples["classifier", 0.0], y, 3)), rel=1e-12)
+    fid = [r["fidelity"] for r in rows if r["method"] == "cfg"]
+    assert fid[0] < fid[1] < fid[2]  # numbers and their monotonicity: tests/test_guidance.py
+    table = format_table(rows).splitlines()
+    assert len(table) == 1 + len(rows) and table[0].split()[:3] == ["method", "w", "s=1+w"]
+    assert table[1].split()[:3] == ["classifier", "0.00", "1.00"]
+
+
+def test_mixture_measures_energy_is_against_fresh_class_draws():
+    rng = np.random.default_rng(2)
+    x, y = MIX.sample(600, rng)
+    got = mixture_measures(MIX, np.random.default_rng(3))(x, y)
+    fresh = np.random.default_rng(3)
+    want = np.mean([energy_distance(x[y == k], MIX.sample(int(np.sum(y == k)), fresh, y=k)[0]) for k in range(3)])
+    assert got["energy"] == pytest.approx(want, rel=1e-12)
+    assert (got["fidelity"], got["fidelity_se"]) == pytest.approx(fidelity(MIX, x, y), rel=1e-12)
+
+
+def test_image_measures_on_true_images():
+    x, y = images.sample(140, np.random.default_rng(4))
+    m = image_measures(x, y)
+    judged = images.judge(x)
+    assert m["judged"] == pytest.approx(np.mean(judged == y)) and m["judged"] > 0.9
+    assert m["judged_se"] == pytest.approx(np.sqrt(m["judged"] * (1 - m["judged"]) / 140))
+    assert m["no_match"] == pytest.approx(np.mean(judged == images.NO_MATCH))
+    wrong = image_measures(x, (y + 1) % images.NUM_CLASSES)
+    assert wrong["judged"] < 0.1
+
+
+def test_unknown_method_raises():
+    with pytest.raises(ValueError, match="method must be one of"):
+        guided_eps_fn("clip", 1.0, MIX.eps_model(SCHED), MIX.classifier(SCHED), SCHED, 0)
