@@ -29,7 +29,8 @@ def ddpm(eps_fn, sched, x_T, rng, variance="beta_tilde", steps=None, spacing=Non
     ``mean_shift(x, t) -> g``, if given, moves each step's mean to mu + sigma_t^2 g: the mean-shift
     form of classifier guidance, Dhariwal & Nichol (2021) Algorithm 1 with g from
     ``guidance.classifier_grad`` (eq. (G9)). With sigma_t^2 = beta_tilde_t the shift is 0 at the
-    last step (t = 1); the eps form (G3) instead shifts the mean by (beta_t / sqrt(alpha_t)) g (G10).
+    last step (t = 1); the eps form (G3) instead shifts the mean by (beta_t / sqrt(alpha_t)) g, with
+    the respaced beta and alpha of the step on a respaced chain (G10).
 
     Parameters
     ----------

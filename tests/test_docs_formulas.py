@@ -471,3 +471,330 @@ def test_M3_level_is_exact_under_h0():
                                                  rng, n_perm=19, alpha=0.05).passed for _ in range(reps))
     sd = math.sqrt(reps * 0.05 * 0.95)
     assert abs(rejections - 0.05 * reps) <= MC_SE * sd, rejections
+
+
+# ---- guidance.md ----------------------------------------------------------------------------
+# Imports of this section only (the guidance page came after the sections above). Identities on
+# wide random inputs are bounded by GUIDE_OPS ulps of the sizes of the terms they combine; the
+# sampling checks allow 5 standard errors, as everywhere in this file.
+import toy_data  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+from refdiff.guidance import (cfg_rule, classifier_free_guidance, classifier_grad,  # noqa: E402
+                              w_from_guidance_scale)
+from refdiff.process import eps_to_score  # noqa: E402
+from strategies import (EPS64, assert_bounded, cases, coefficients, finite, schedules,  # noqa: E402
+                        spd_matrices)
+
+GUIDE_OPS = 64
+GUIDE_TINY = GUIDE_OPS * np.finfo(np.float64).tiny   # products that fall below the normal range
+GUIDE_SCHED = Schedule.linear(1000)
+OVERLAPPING = toy_data.mixture("three_overlapping")
+
+
+def _grad_log_p(gm, x, a, y):
+    """grad_x log p(y | x_t) of the oracle by autograd, rows independent; a scalar or per row."""
+    return grad(lambda z: anp.sum(gm.log_classifier(z, a)[np.arange(len(z)), y]))(x)
+
+
+@given(st.floats(1e-6, 1 - 1e-6), seeds)
+def test_G1_bayes_for_scores_and_its_eps_form(a, seed):
+    """(G1) steps 3-4: score(x | y) = score(x) + grad log p(y | x), times -sqrt(1 - a) for eps."""
+    rng = np.random.default_rng(seed)
+    gm = random_mixture(rng, K=4, L=3)
+    x = 3 * rng.standard_normal((5, 2))
+    for y in range(3):
+        g = _grad_log_p(gm, x, a, np.full(5, y))
+        scale = np.abs(gm.score(x, a)).max() + np.abs(g).max() + 1.0
+        close(gm.score(x, a, y), gm.score(x, a) + g, rtol=1e-8, atol=1e-9 * scale)
+        close(gm.eps(x, a, y), gm.eps(x, a) - np.sqrt(1 - a) * g, rtol=1e-8, atol=1e-9 * scale)
+
+
+@given(hnp.arrays(np.float64, (4, 3), elements=st.floats(-10, 10, **finite)),
+       hnp.arrays(np.float64, 4, elements=st.floats(-10, 10, **finite)),
+       hnp.arrays(np.float64, (6, 3), elements=st.floats(-10, 10, **finite)),
+       st.floats(-20, 20, **finite), seeds)
+def test_G2_log_softmax_gradient_is_J_transpose_e_y_minus_p(W, b, x, s, seed):
+    """(G2): for logits l = W x + b (J = W), grad log softmax(l)[y] = W^T (e_y - p), and
+    classifier_grad returns s times it."""
+    y = np.random.default_rng(seed).integers(0, 4, 6)
+    logits = x @ W.T + b                                                    # (6, 4)
+    p = np.exp(logits - scipy.special.logsumexp(logits, axis=1, keepdims=True))
+    want = (np.eye(4)[y] - p) @ W                                           # rows J^T (e_y - p)
+    g = classifier_grad(lambda z, t: z @ W.T + b, Schedule.linear(100), y, s)(x, 5)
+    bound = GUIDE_TINY + GUIDE_OPS * EPS64 * (1 + abs(s)) * 4 * (np.abs(W).max() + 1)
+    assert_bounded(g, s * want, bound, "classifier_grad vs s W^T (e_y - p)")
+
+
+@given(cases(3, min_alpha_bar=1e-12), st.floats(-100, 100, **finite))
+def test_G3_eps_form_is_the_score_of_the_tilted_density(case, s):
+    """(G3): eps - sqrt(1 - a) s g has the score score + s g (C3), and x0 moves by (1 - a)/sqrt(a) s g."""
+    sched, t, (xt, eps, g) = case
+    c = coefficients(sched, t, len(xt))
+    eps_bar = eps - c.s * s * g
+    bound = GUIDE_TINY + GUIDE_OPS * EPS64 * (np.abs(eps) / c.s + np.abs(s * g))
+    assert_bounded(eps_to_score(sched, t, eps_bar), eps_to_score(sched, t, eps) + s * g, bound, "score")
+    bound = GUIDE_TINY + GUIDE_OPS * EPS64 * (np.abs(xt) + c.s * np.abs(eps) + (1 - c.a) * np.abs(s * g)) / c.r
+    assert_bounded(eps_to_x0(sched, xt, t, eps_bar), eps_to_x0(sched, xt, t, eps) + (1 - c.a) / c.r * s * g,
+                   bound, "x0")
+
+
+@given(cases(2), st.floats(-50, 50, **finite))
+def test_G5_G7_cfg_from_classifier_guidance_algebra(case, w):
+    """(G5) steps 1-3 and (G7): with the implicit gradient -(eps_y - eps)/sqrt(1 - a), scale 1 + w on
+    the unconditional model and scale w on the conditional one both give (1 + w) eps_y - w eps;
+    scale w on the unconditional model gives CFG with w - 1 (Errata 2)."""
+    sched, t, (eps_y, eps) = case
+    c = coefficients(sched, t, len(eps))
+    implicit = -(eps_y - eps) / c.s
+    want = cfg_rule(eps_y, eps, w)
+    bound = GUIDE_TINY + GUIDE_OPS * EPS64 * (1 + 2 * abs(w)) * (np.abs(eps_y) + np.abs(eps))
+    assert_bounded(eps - c.s * (1 + w) * implicit, want, bound, "unconditional model, s = 1 + w")
+    assert_bounded(eps_y - c.s * w * implicit, want, bound, "conditional model, s = w")
+    assert_bounded(eps - c.s * w * implicit, w * eps_y - (w - 1) * eps, bound, "unconditional, s = w")
+    assert_bounded(eps - c.s * w * implicit, cfg_rule(eps_y, eps, w - 1), bound, "... is CFG(w - 1)")
+
+
+@given(st.floats(0.0, 1.0), st.floats(-20, 20, **finite), seeds)
+def test_G5_G7_tilted_densities_agree(a, w, seed):
+    """log p(x_t | y) + w log p(y | x_t) = log p(x_t) + (1 + w) log p(y | x_t) - log p(y), every x."""
+    rng = np.random.default_rng(seed)
+    gm = random_mixture(rng, K=4, L=3)
+    x = 3 * rng.standard_normal((6, 2))
+    log_cls = gm.log_classifier(x, a)
+    for y in range(3):
+        lhs = gm.log_prob_noised(x, a, y) + w * log_cls[:, y]
+        rhs = gm.log_prob_noised(x, a) + (1 + w) * log_cls[:, y]
+        size = (1 + abs(w)) * (np.abs(gm.log_prob_noised(x, a)) + np.abs(log_cls[:, y])).max() + 1
+        close(lhs - rhs, np.full(6, -np.log(gm.weights[gm.labels == y].sum())), atol=1e-12 * size)
+
+
+@given(cases(2), st.floats(-50, 50, **finite))
+def test_G6_diffusers_rule_is_cfg_with_w_equal_guidance_scale_minus_1(case, gs):
+    """(G6): uncond + gs (cond - uncond) = gs cond + (1 - gs) uncond = cfg_rule(cond, uncond, gs - 1)."""
+    _, _, (cond, uncond) = case
+    bound = GUIDE_TINY + GUIDE_OPS * EPS64 * (1 + 2 * abs(gs)) * (np.abs(cond) + np.abs(uncond))
+    diffusers = uncond + gs * (cond - uncond)
+    assert_bounded(diffusers, gs * cond + (1 - gs) * uncond, bound, "expanded")
+    assert_bounded(diffusers, cfg_rule(cond, uncond, w_from_guidance_scale(gs)), bound, "(G5)")
+    close(w_from_guidance_scale(gs), gs - 1, rtol=0, atol=0)
+
+
+@given(st.integers(1, 4), st.data(), st.floats(-50, 50, **finite))
+def test_G8_affine_maps_commute_with_the_cfg_rule(dim, data, w):
+    """(G8): f((1 + w) e1 - w e2) = (1 + w) f(e1) - w f(e2) for f(e) = A + B e (B a matrix)."""
+    arr = lambda shape: data.draw(hnp.arrays(np.float64, shape, elements=st.floats(-1e6, 1e6, **finite)))
+    A, B, e1, e2 = arr(dim), arr((dim, dim)), arr(dim), arr(dim)
+    f = lambda e: A + B @ e
+    size = np.abs(A) + np.abs(B) @ (np.abs(e1) + np.abs(e2))
+    assert_bounded(f(cfg_rule(e1, e2, w)), cfg_rule(f(e1), f(e2), w),
+                   GUIDE_TINY + GUIDE_OPS * EPS64 * dim * (1 + 2 * abs(w)) * size, "affine map")
+
+
+@given(cases(2, min_alpha_bar=1e-12))
+def test_G8_conversions_are_the_printed_affine_maps(case):
+    """The table of (G8): (C1), (C3), (C5) are A + B eps with the printed A and B."""
+    sched, t, (xt, eps) = case
+    c = coefficients(sched, t, len(xt))
+    for name, got, A, B in (("x0", eps_to_x0(sched, xt, t, eps), xt / c.r, -c.s / c.r),
+                            ("score", eps_to_score(sched, t, eps), 0 * xt, -1 / c.s),
+                            ("v", eps_to_v(sched, xt, t, eps), -c.s * xt / c.r, 1 / c.r)):
+        assert_bounded(got, A + B * eps, GUIDE_TINY + GUIDE_OPS * EPS64 * (np.abs(A) + np.abs(B * eps)), name)
+
+
+@given(st.floats(-1.0, 20.0), seeds)
+def test_G8_guided_score_is_score_plus_1_plus_w_classifier_gradient(w, seed):
+    """(G8) for the score, on the oracle: (C3) of the CFG eps = score + (1 + w) grad log p(y | x_t)."""
+    rng = np.random.default_rng(seed)
+    gm = random_mixture(rng, K=4, L=3)
+    x, t, y = 3 * rng.standard_normal((6, 2)), rng.integers(1, GUIDE_SCHED.T + 1, 6), rng.integers(0, 3, 6)
+    a = GUIDE_SCHED.alpha_bar[t]
+    model = gm.eps_model(GUIDE_SCHED)
+    got = eps_to_score(GUIDE_SCHED, t, classifier_free_guidance(model, y, w)(x, t))
+    g = _grad_log_p(gm, x, a, y)
+    want = gm.score(x, a) + (1 + w) * g
+    size = (1 + 2 * abs(w)) * (np.abs(gm.score(x, a)) + np.abs(g)).max() + 1
+    close(got, want, rtol=1e-7, atol=1e-9 * size)
+
+
+@given(st.integers(1, 4), st.data())
+def test_G9_gaussian_times_exp_linear_is_the_shifted_gaussian(dim, data):
+    """(G9): log N(x; mu, S) + g.(x - mu) = log N(x; mu + S g, S) + g^T S g / 2 for every x."""
+    S = data.draw(spd_matrices(dim))
+    vec = lambda n: data.draw(hnp.arrays(np.float64, n, elements=st.floats(-10, 10, **finite)))
+    mu, g, xs = vec(dim), vec(dim), vec((5, dim))
+    lhs = scipy.stats.multivariate_normal(mu, S).logpdf(xs) + (xs - mu) @ g
+    rhs = scipy.stats.multivariate_normal(mu + S @ g, S).logpdf(xs) + 0.5 * g @ S @ g
+    size = np.abs(lhs).max() + np.abs(rhs).max() + np.linalg.cond(S)
+    close(lhs, rhs, rtol=0, atol=1e-11 * size)
+
+
+def test_G9_mean_shift_is_evaluated_at_the_current_state():
+    """Algorithm 1 (Errata 8): ddpm calls mean_shift(x_t, t) at the state it steps from, with the
+    original t, also when respaced."""
+    sched, calls = Schedule.linear(100), []
+    model = OVERLAPPING.eps_model(sched)
+
+    def shift(x, t):
+        calls.append((x.copy(), np.array(t)))
+        return np.ones_like(x)
+    x_T = np.random.default_rng(0).standard_normal((8, 2))
+    _, path = ddpm(lambda x, t: model(x, t), sched, x_T, np.random.default_rng(1), steps=7,
+                   spacing="trailing", mean_shift=shift, return_path=True)
+    ts = sched.timesteps(7, "trailing")
+    assert len(calls) == len(ts)
+    for (x, t), state, t_want in zip(calls, path[:-1], ts):
+        assert np.array_equal(x, state) and np.all(t == t_want), (t, t_want)
+
+
+@given(cases(3))
+def test_G10_eps_form_shifts_the_ddpm_mean_by_beta_over_sqrt_alpha_g(case):
+    """(G10): p_mean(x, eps - sqrt(1 - a) g) = p_mean(x, eps) + beta_t / sqrt(alpha_t) g."""
+    sched, t, (xt, eps, g) = case
+    c = coefficients(sched, t, len(xt))
+    assume(np.all(c.alpha > 0))
+    shifted = p_mean(sched, xt, t, eps - c.s * g)
+    terms = np.abs(xt) + c.beta / c.s * np.abs(eps) + c.beta * np.abs(g)
+    bound = GUIDE_TINY + GUIDE_OPS * EPS64 * terms / np.sqrt(c.alpha)
+    assert_bounded(shifted, p_mean(sched, xt, t, eps) + c.beta / np.sqrt(c.alpha) * g, bound, "mean shift")
+
+
+@given(schedules(), st.data())
+def test_G10_shift_ratio_of_the_two_forms(sched, data):
+    """(G10): Sigma / (beta / sqrt(alpha)) is sqrt(alpha) for beta and sqrt(alpha)(1 - a_prev)/(1 - a)
+    for beta_tilde, on the schedule and on a respaced one; it is 0 at t = 1 and <= sqrt(alpha) <= 1."""
+    ts = np.array(sorted(data.draw(st.sets(st.integers(1, sched.T), min_size=1, max_size=sched.T))))
+    for s in (sched, sched.respace(ts)):
+        beta, alpha, ab = s.betas[1:], s.alphas[1:], s.alpha_bar
+        assume(np.all(alpha > 0))
+        eps_form = beta / np.sqrt(alpha)
+        close(s.betas[1:] / eps_form, np.sqrt(alpha), rtol=1e-12)
+        ratio = s.posterior_variance()[1:] / eps_form
+        close(ratio, np.sqrt(alpha) * (1 - ab[:-1]) / (1 - ab[1:]), rtol=1e-9, atol=1e-15)
+        assert ratio[0] == 0.0
+        assert np.all(ratio <= np.sqrt(alpha) * (1 + 1e-12)) and np.all(np.sqrt(alpha) <= 1)
+
+
+def test_G10_printed_ratios_for_linear_1000():
+    s = GUIDE_SCHED
+    r = np.sqrt(s.alphas[1:]) * (1 - s.alpha_bar[:-1]) / (1 - s.alpha_bar[1:])     # r[t - 1]
+    assert r[0] == 0.0
+    close(r[1], 0.45, atol=0.005)
+    assert r[14] < 0.9 and np.all(r[15:] > 0.9)                                    # from t = 16 on
+    close(r.max(), 0.994, atol=0.0005)
+    close(r[-1], 0.990, atol=0.0005)
+
+
+@given(st.floats(0.0, 1.0), seeds)
+def test_errata_1_gradient_of_p_is_p_times_gradient_of_log_p(a, seed):
+    """Errata 1: grad p(y | x_t) = p(y | x_t) grad log p(y | x_t), by autograd of the oracle."""
+    rng = np.random.default_rng(seed)
+    gm = random_mixture(rng, K=4, L=3)
+    x, y = 3 * rng.standard_normal((6, 2)), rng.integers(0, 3, 6)
+    g_log = _grad_log_p(gm, x, a, y)
+    g_p = grad(lambda z: anp.sum(anp.exp(gm.log_classifier(z, a)[np.arange(6), y])))(x)
+    p = np.exp(gm.log_classifier(x, a)[np.arange(6), y])[:, None]
+    close(g_p, p * g_log, rtol=1e-9, atol=1e-12 * (1 + np.abs(g_log).max()))
+
+
+def test_errata_1_printed_example():
+    gm, a = toy_data.mixture("three_gaussians"), 0.9
+    x = np.sqrt(a) * gm.means[1:2]
+    p = np.exp(gm.log_classifier(x, a)[0, 0])
+    g_log = _grad_log_p(gm, x, a, np.array([0]))
+    g_p = grad(lambda z: anp.sum(anp.exp(gm.log_classifier(z, a)[:, 0])))(x)
+    close(p, 5.1e-8, rtol=0.01)
+    close(np.linalg.norm(g_log), 13.6, rtol=0.004)
+    close(np.linalg.norm(g_p), 7.0e-7, rtol=0.008)
+
+
+def test_errata_6_sqrt_beta_shrinks_the_guidance():
+    """sqrt(1 - alpha_t) in place of sqrt(1 - alpha_bar_t) scales (G3)'s term by sqrt(beta_t / (1 - a))."""
+    s = GUIDE_SCHED
+    factor = np.sqrt(s.betas[1:] / (1 - s.alpha_bar[1:]))                          # factor[t - 1]
+    close(factor[0], 1.0, rtol=1e-12)
+    close(factor[9], 0.38, atol=0.005)
+    assert 0.095 <= factor[99:].min() and factor[99:].max() < 0.145, (factor[99:].min(), factor[99:].max())
+
+
+def test_fidelity_of_the_presets_without_guidance():
+    """guidance.md: mean exact p(y | x_0) of p(x | y) samples, 0.891 (three_overlapping) and 0.99997
+    (three_gaussians), 400 000 draws; spread sqrt(2) 0.5 = 0.707."""
+    n = 400_000
+    y = np.arange(n) % 3
+    for name, printed, spread in (("three_overlapping", 0.891, 0.5), ("three_gaussians", 0.99997, 0.3)):
+        gm = toy_data.mixture(name)
+        x, _ = gm.sample(n, np.random.default_rng(0), y=y)
+        mean, se = metrics.fidelity(gm, x, y)
+        assert abs(mean - printed) <= MC_SE * se + 0.5 * 10.0 ** -(len(str(printed)) - 2), (name, mean, se)
+        # sqrt(trace C_k) of a 2-D isotropic Gaussian with std sigma is sqrt(2) sigma.
+        close(metrics.class_spread(x, y, 3), np.sqrt(2) * spread, rtol=0.01)
+    close(np.sqrt(2) * 0.5, 0.707, atol=0.0005)
+
+
+TABLE = {  # w: (DDPM fidelity, se, spread), (DDIM fidelity, se, spread); as printed in guidance.md
+    0.0: ((0.902, 0.004, 0.67), (0.899, 0.004, 0.69)),
+    1.0: ((0.984, 0.001, 0.58), (0.996, 0.0002, 0.53)),
+    3.0: ((0.995, 0.0003, 0.56), (0.99986, 0.000004, 0.46)),
+}
+
+
+def _decimals(value):
+    """Half a unit in the last printed place of a number written as in the table."""
+    text = repr(value)
+    return 0.5 * 10.0 ** -(len(text.split(".")[1]) if "." in text else 0)
+
+
+def test_guidance_table_fidelity_and_spread():
+    """The table of guidance.md, recomputed with its seeds; and what it is quoted for: fidelity rises
+    and spread falls with w for both samplers, the samplers agree on fidelity at w = 0 and disagree
+    by more than 5 standard errors at w = 1 and 3."""
+    n = 3000
+    y = np.arange(n) % 3
+    x_T = np.random.default_rng(1).standard_normal((n, 2))
+    model = OVERLAPPING.eps_model(GUIDE_SCHED)
+    results = {}
+    for w, printed in TABLE.items():
+        eps_fn = classifier_free_guidance(model, y, w)
+        runs = (ddpm(eps_fn, GUIDE_SCHED, x_T, np.random.default_rng(2), steps=100),
+                ddim(eps_fn, GUIDE_SCHED, x_T, 100))
+        results[w] = []
+        for x, (fid, fid_se, spread) in zip(runs, printed):
+            mean, se = metrics.fidelity(OVERLAPPING, x, y)
+            got_spread = metrics.class_spread(x, y, 3).mean()
+            assert abs(mean - fid) <= _decimals(fid), (w, mean, fid)
+            assert abs(se - fid_se) <= max(_decimals(fid_se), 0.5 * fid_se), (w, se, fid_se)
+            assert abs(got_spread - spread) <= _decimals(spread), (w, got_spread, spread)
+            results[w].append((mean, se, got_spread, _spread_se(x, y)))
+    for sampler in range(2):
+        for lo, hi in ((0.0, 1.0), (1.0, 3.0)):
+            (f0, s0, d0, e0), (f1, s1, d1, e1) = results[lo][sampler], results[hi][sampler]
+            assert f1 - f0 > MC_SE * np.hypot(s0, s1), (sampler, lo, hi, f0, f1)
+            if sampler == 1 or lo == 0.0:   # DDPM's spread barely moves from w = 1 to 3 (0.58, 0.56)
+                assert d0 - d1 > MC_SE * np.hypot(e0, e1), (sampler, lo, hi, d0, d1)
+    (fp, sp, _, _), (fd, sd, _, _) = results[0.0]
+    assert abs(fp - fd) < MC_SE * np.hypot(sp, sd)
+    for w in (1.0, 3.0):
+        (fp, sp, _, _), (fd, sd, _, _) = results[w]
+        assert fd - fp > MC_SE * np.hypot(sp, sd), (w, fp, fd)
+
+
+def _spread_se(x, y):
+    """Delta-method standard error of the class-averaged (M8): se(tr C_k) = std(|x - mu_k|^2) / sqrt(n_k),
+    se(sqrt(tr C_k)) = se(tr C_k) / (2 sqrt(tr C_k)), averaged over the 3 classes."""
+    ses = []
+    for k in range(3):
+        d2 = np.sum((x[y == k] - x[y == k].mean(0)) ** 2, axis=1)
+        ses.append(d2.std(ddof=1) / np.sqrt(len(d2)) / (2 * np.sqrt(d2.mean())))
+    return np.sqrt(np.sum(np.square(ses))) / 3
+
+
+def test_guided_ddpm_and_ddim_disagree_with_every_step():
+    """guidance.md: with all 1000 steps and w = 1 (300 samples per class), DDIM's fidelity exceeds
+    DDPM's by more than 5 standard errors: not a discretisation effect of 100-step samplers."""
+    n = 900
+    y = np.arange(n) % 3
+    x_T = np.random.default_rng(4).standard_normal((n, 2))
+    eps_fn = classifier_free_guidance(OVERLAPPING.eps_model(GUIDE_SCHED), y, 1.0)
+    fp, sp = metrics.fidelity(OVERLAPPING, ddpm(eps_fn, GUIDE_SCHED, x_T, np.random.default_rng(5)), y)
+    fd, sd = metrics.fidelity(OVERLAPPING, ddim(eps_fn, GUIDE_SCHED, x_T, 1000), y)
+    assert fd - fp > MC_SE * np.hypot(sp, sd), (fp, sp, fd, sd)
