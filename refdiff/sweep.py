@@ -26,14 +26,17 @@ def guided_eps_fn(method, w, eps_model, logits_model, sched, y):
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def scale_sweep(eps_model, logits_model, sched, y, ws, x_T, measure, methods=METHODS, steps=50):
-    """DDIM samples (eta = 0, ``steps`` steps) for every method and strength, and their measures.
+def scale_sweep(eps_model, logits_model, sched, y, ws, x_T, measure, methods=METHODS, sample=None):
+    """Samples for every method and strength, and their measures.
 
     Parameters
     ----------
     y : int array (N,), the requested labels; ws : iterable of CFG weights w
     x_T : array (N, D), the common starting noise
     measure : callable (x, y) -> dict of floats, e.g. ``mixture_measures(...)``
+    sample : callable (eps_fn, x_T) -> x, the sampler; default DDIM with 50 steps (eta = 0). A
+        stochastic sampler should draw its noise from a fresh generator with one seed per call, so
+        that every run sees the same noise too.
 
     Returns
     -------
@@ -41,10 +44,12 @@ def scale_sweep(eps_model, logits_model, sched, y, ws, x_T, measure, methods=MET
         scale is 1 + w for both methods
     samples : dict {(method, w): array (N, D)}
     """
+    if sample is None:
+        sample = lambda eps_fn, x: ddim(eps_fn, sched, x, 50)
     rows, samples = [], {}
     for method in methods:
         for w in ws:
-            x = ddim(guided_eps_fn(method, w, eps_model, logits_model, sched, y), sched, x_T, steps)
+            x = sample(guided_eps_fn(method, w, eps_model, logits_model, sched, y), x_T)
             samples[method, w] = x
             rows.append({"method": method, "w": float(w), "scale": 1.0 + float(w), **measure(x, y)})
     return rows, samples
@@ -68,12 +73,15 @@ def mixture_measures(mixture, rng):
 
 def image_measures(x, y):
     """Measures of tiny-image samples: how often the rule-based judge finds the requested class
-    (with its binomial standard error), how often it finds none, and the mean spread (M8)."""
+    (with its binomial standard error), how often it finds none, the mean spread (M8) of the
+    samples clipped to the pixel range [-1, 1] as they would be displayed, and the 99th percentile
+    of |pixel|, which shows strong guidance pushing pixels beyond that range."""
     judged = images.judge(x)
     hit = float(np.mean(judged == y))
     return {"judged": hit, "judged_se": float(np.sqrt(hit * (1 - hit) / len(y))),
             "no_match": float(np.mean(judged == images.NO_MATCH)),
-            "spread": float(np.nanmean(class_spread(x, y, images.NUM_CLASSES)))}
+            "spread": float(np.nanmean(class_spread(np.clip(x, -1, 1), y, images.NUM_CLASSES))),
+            "pixel_p99": float(np.percentile(np.abs(x), 99))}
 
 
 def format_table(rows):

@@ -798,3 +798,13 @@ def test_guided_ddpm_and_ddim_disagree_with_every_step():
     fp, sp = metrics.fidelity(OVERLAPPING, ddpm(eps_fn, GUIDE_SCHED, x_T, np.random.default_rng(5)), y)
     fd, sd = metrics.fidelity(OVERLAPPING, ddim(eps_fn, GUIDE_SCHED, x_T, 1000), y)
     assert fd - fp > MC_SE * np.hypot(sp, sd), (fp, sp, fd, sd)
+
+
+# ---- learned.md -------------------------------------------------------------------------------
+def test_L7_ema_warmup_reaches_its_cap():
+    # "the warm-up decay min(ema, (1 + k) / (10 + k)) reaches 0.999 only after about 9000 steps,
+    # while 0.99 takes over at step 890": (1 + k) / (10 + k) >= d  iff  k >= (10 d - 1) / (1 - d).
+    k = np.arange(1, 20_000)
+    warm = (1 + k) / (10 + k)
+    assert k[np.argmax(warm >= 0.99)] == 890
+    assert 8900 <= k[np.argmax(warm >= 0.999)] <= 9100

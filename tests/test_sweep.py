@@ -19,7 +19,7 @@ def test_sweep_rows_samples_and_the_methods_agree_on_exact_models():
     y, x_T = np.arange(n) % 3, np.random.default_rng(0).standard_normal((n, 2))
     model, logits = MIX.eps_model(SCHED), MIX.classifier(SCHED)
     rows, samples = scale_sweep(model, logits, SCHED, y, ws, x_T, mixture_measures(MIX, np.random.default_rng(1)),
-                                steps=20)
+                                sample=lambda f, x: ddim(f, SCHED, x, 20))
     assert [(r["method"], r["w"], r["scale"]) for r in rows] == [(m, w, 1 + w) for m in METHODS for w in ws]
     assert set(samples) == {(m, w) for m in METHODS for w in ws}
     for w in ws:  # each sample is the DDIM run of its guided eps_fn from the common x_T
@@ -32,6 +32,9 @@ def test_sweep_rows_samples_and_the_methods_agree_on_exact_models():
     assert first["spread"] == pytest.approx(np.mean(class_spread(samples["classifier", 0.0], y, 3)), rel=1e-12)
     fid = [r["fidelity"] for r in rows if r["method"] == "cfg"]
     assert fid[0] < fid[1] < fid[2]  # numbers and their monotonicity: tests/test_guidance.py
+    default, _ = scale_sweep(model, logits, SCHED, y, (1.0,), x_T, lambda x, y: {"x0": float(x[0, 0])},
+                             methods=("cfg",))  # the default sampler is DDIM-50
+    assert default[0]["x0"] == ddim(guided_eps_fn("cfg", 1.0, model, logits, SCHED, y), SCHED, x_T, 50)[0, 0]
     table = format_table(rows).splitlines()
     assert len(table) == 1 + len(rows) and table[0].split()[:3] == ["method", "w", "s=1+w"]
     assert table[1].split()[:3] == ["classifier", "0.00", "1.00"]
@@ -54,6 +57,11 @@ def test_image_measures_on_true_images():
     assert m["judged"] == pytest.approx(np.mean(judged == y)) and m["judged"] > 0.9
     assert m["judged_se"] == pytest.approx(np.sqrt(m["judged"] * (1 - m["judged"]) / 140))
     assert m["no_match"] == pytest.approx(np.mean(judged == images.NO_MATCH))
+    assert m["spread"] == pytest.approx(np.mean(class_spread(x, y, images.NUM_CLASSES)))  # x is in [-1, 1]
+    assert m["pixel_p99"] <= 1.0
+    doubled = image_measures(2 * x, y)  # beyond the pixel range: clipped for the spread, seen in pixel_p99
+    assert doubled["spread"] == pytest.approx(np.mean(class_spread(np.clip(2 * x, -1, 1), y, images.NUM_CLASSES)))
+    assert doubled["pixel_p99"] == pytest.approx(2 * m["pixel_p99"])
     wrong = image_measures(x, (y + 1) % images.NUM_CLASSES)
     assert wrong["judged"] < 0.1
 
