@@ -18,7 +18,8 @@ from .guidance import classifier_free_guidance, classifier_guidance
 from .metrics import classifier_excess, denoiser_excess, two_sample_test
 from .samplers import ddim, ddpm
 from .schedule import Schedule
-from .train import CLASSIFIER_2D, CLASSIFIER_IMAGES, DENOISER_2D, DENOISER_IMAGES, train_classifier, train_denoiser
+from .train import (CLASSIFIER_2D, CLASSIFIER_IMAGES, DENOISER_2D, DENOISER_IMAGES, budget, train_classifier,
+                    train_denoiser)
 
 
 def step_times(train, x0, y, sched, rng, **options):
@@ -26,11 +27,6 @@ def step_times(train, x0, y, sched, rng, **options):
     stamps = []
     train(x0, y, sched, rng, verbose=False, on_step=lambda k, loss: stamps.append(time.perf_counter()), **options)
     return np.diff(stamps)
-
-
-def _budget(default, steps):
-    """A training budget with its step count replaced when ``steps`` is given."""
-    return {**default, "steps": steps or default["steps"]}
 
 
 def _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, prefix):
@@ -58,7 +54,7 @@ def run(data="ring8", seed=0, denoiser_steps=None, classifier_steps=None, n_eval
     """All the figures as a dict of plain numbers (what ``refdiff bench --json`` prints)."""
     mix, sched, rng = toy_data.mixture(data), Schedule.linear(1000), np.random.default_rng(seed)
     x0, y = mix.sample(50_000, rng)
-    den_opts, clf_opts = _budget(DENOISER_2D, denoiser_steps), _budget(CLASSIFIER_2D, classifier_steps)
+    den_opts, clf_opts = budget(DENOISER_2D, denoiser_steps), budget(CLASSIFIER_2D, classifier_steps)
     out = {"data": data, "seed": seed, "batch": DENOISER_2D["batch"]}
     for dtype in ("float64", "float32"):
         for name, train, opts in (("denoiser", train_denoiser, den_opts), ("classifier", train_classifier, clf_opts)):
@@ -110,7 +106,7 @@ def run_images(seed=0, denoiser_steps=None, classifier_steps=None, n_samples=700
     conditional samples (DDIM with 50 steps, DDPM with 1000), with the time per sample."""
     sched, rng = Schedule.linear(1000), np.random.default_rng(seed)
     x0, y = images.sample(20_000, rng)
-    den_opts, clf_opts = _budget(DENOISER_IMAGES, denoiser_steps), _budget(CLASSIFIER_IMAGES, classifier_steps)
+    den_opts, clf_opts = budget(DENOISER_IMAGES, denoiser_steps), budget(CLASSIFIER_IMAGES, classifier_steps)
     out = {"images_seed": seed, "images_denoiser_steps": den_opts["steps"]}
     den, clf = _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, "images_")
     x_test, y_test = images.sample(2000, rng)

@@ -71,6 +71,16 @@ def mixture_measures(mixture, rng):
     return measure
 
 
+def data_measures(x_data, y_data, num_labels):
+    """Measures of samples of a data set without a closed form: the mean over classes of the
+    spread (M8), and of the energy distance (M1) from each class's samples to that class's data
+    points (x_data, y_data)."""
+    def measure(x, y):
+        energy = [energy_distance(x[y == k], x_data[y_data == k]) for k in np.unique(y)]
+        return {"spread": float(np.nanmean(class_spread(x, y, num_labels))), "energy": float(np.mean(energy))}
+    return measure
+
+
 def image_measures(x, y):
     """Measures of tiny-image samples: how often the rule-based judge finds the requested class
     (with its binomial standard error), how often it finds none, the mean spread (M8) of the

@@ -20,6 +20,10 @@ from .process import q_sample
 # guidance runs on, to ~1.5% excess in these 4000 steps (9% at p_uncond = 0.1).
 DENOISER_2D = {"steps": 4000, "batch": 1024, "lr": 5e-3, "p_uncond": 0.3, "dtype": "float32"}
 CLASSIFIER_2D = {"steps": 1000, "batch": 1024, "lr": 2e-3, "dtype": "float32"}
+# The demo's budget (refdiff demo, within a minute in all): half the batch and steps of the 2D
+# default, measured against it in docs/learned.md.
+DENOISER_DEMO = {"steps": 2000, "batch": 512, "lr": 5e-3, "p_uncond": 0.3, "dtype": "float32"}
+CLASSIFIER_DEMO = {"steps": 500, "batch": 512, "lr": 2e-3, "dtype": "float32"}
 # The tiny-image budget (refdiff bench --images): the residual network (L2r), which the 64-pixel
 # images need (a plain MLP of the same width reached half the judged accuracy; docs/learned.md).
 DENOISER_IMAGES = {"steps": 30000, "batch": 256, "lr": 2e-3, "p_uncond": 0.2, "hidden": 256, "depth": 3,
@@ -30,6 +34,11 @@ CLASSIFIER_IMAGES = {"steps": 1000, "batch": 256, "lr": 2e-3, "hidden": 128, "dt
 DENOISER_IMAGES_SMALL = {"steps": 2000, "batch": 256, "lr": 5e-3, "p_uncond": 0.3, "hidden": 192, "depth": 2,
                          "arch": "resnet", "dtype": "float32", "ema": 0.99}
 CLASSIFIER_IMAGES_SMALL = {"steps": 1000, "batch": 256, "lr": 5e-3, "hidden": 256, "depth": 3, "dtype": "float32"}
+
+
+def budget(default, steps):
+    """A training budget (one of the dicts above) with its step count replaced when ``steps`` is given."""
+    return {**default, "steps": steps or default["steps"]}
 
 
 def denoising_loss(params, config, xt, t, y_index, eps):
