@@ -6,14 +6,24 @@ Every subcommand has ``--help``. A user's mistake (a bad argument, a bad value) 
 import argparse
 import ctypes
 import json
+import os
 import sys
 
 import numpy as np
 
 import toy_data
 
-from . import __version__, bench
+from . import __version__, bench, checkpoint, datasets
 from .checkpoint import save_npz_atomic
+from .guidance import classifier_free_guidance, classifier_guidance
+from .labels import NULL_LABEL
+from .metrics import class_spread, fidelity
+from .samplers import ddim, ddpm
+from .schedule import Schedule
+from .train import (CLASSIFIER_2D, CLASSIFIER_DEMO, DENOISER_2D, DENOISER_DEMO, budget, train_classifier,
+                    train_denoiser)
+
+GUIDANCE = ("none", "classifier", "cfg")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +65,82 @@ def build_parser():
     bench.add_argument("--images", action="store_true",
                        help="instead, train on the tiny images and judge the samples (several minutes)")
     bench.set_defaults(run=run_bench)
+
+    demo = sub.add_parser("demo", help="train a guided pair, sweep both guidance methods, write figures and metrics",
+                          description="Train a denoiser (with label dropout) and a noisy classifier on 2D data, "
+                                      "sample classifier guidance and CFG over a sweep of strengths, and write "
+                                      "figures, metrics.json and samples.npz to --out. About a minute on 2 cores.")
+    demo.add_argument("--out", default="refdiff-demo", help="output folder (default refdiff-demo)")
+    _data_option(demo, "three_gaussians")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--denoiser-steps", type=count, help=f"denoiser steps (default {DENOISER_DEMO['steps']})")
+    demo.add_argument("--classifier-steps", type=count, help=f"classifier steps (default {CLASSIFIER_DEMO['steps']})")
+    demo.add_argument("--n-per-label", type=count, default=300, help="samples per label and strength (default 300)")
+    demo.set_defaults(run=run_demo)
+
+    train = sub.add_parser("train", help="train a denoiser and a noisy classifier and save them as checkpoints",
+                           description="Train the denoiser (label dropout 0.3) and the noisy classifier with the "
+                                       "default 2D budgets and write DIR/denoiser.npz and DIR/classifier.npz.")
+    _data_option(train, "three_gaussians")
+    train.add_argument("--out", default="refdiff-model", help="output folder (default refdiff-model)")
+    train.add_argument("--denoiser-steps", type=count, help=f"denoiser steps (default {DENOISER_2D['steps']})")
+    train.add_argument("--classifier-steps", type=count, help=f"classifier steps (default {CLASSIFIER_2D['steps']})")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.set_defaults(run=run_train)
+
+    sample = sub.add_parser("sample", help="draw guided or unguided samples from a checkpoint or the oracle",
+                            description="Sample with DDIM or DDPM from trained models (--model) or, without "
+                                        "--model, from the exact models of the --data preset; write x and the "
+                                        "requested labels y to --out.")
+    _model_options(sample)
+    sample.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default ddim)")
+    sample.add_argument("--steps", type=count, help="sampling steps (default: 50 for ddim, every step for ddpm)")
+    sample.add_argument("-n", type=count, default=1000, help="number of samples (default 1000)")
+    sample.add_argument("--out", default="samples.npz", help="output .npz (default samples.npz)")
+    sample.set_defaults(run=run_sample)
+
+    field = sub.add_parser("field", help="draw the (guided) score field of a checkpoint or the oracle",
+                           description="Plot the score (or eps) of the chosen model and guidance on a grid at "
+                                       "timestep --t, over the contours of the oracle's noised density when "
+                                       "--data is a preset; write a PNG.")
+    _model_options(field)
+    field.add_argument("--t", type=count, default=200, help="timestep in 1..T (default 200)")
+    field.add_argument("--what", choices=("score", "eps"), default="score", help="the field drawn (default score)")
+    field.add_argument("--kind", choices=("quiver", "stream"), default="quiver", help="arrows or streamlines")
+    field.add_argument("--lim", type=float, default=3.0, help="the grid spans [-lim, lim]^2 (default 3)")
+    field.add_argument("--normalize", action="store_true",
+                       help="draw unit arrows coloured by log10 of their length (quiver only)")
+    field.add_argument("--out", default="field.png", help="output PNG (default field.png)")
+    field.set_defaults(run=run_field)
+
+    verify = sub.add_parser("verify", help="check the identities of docs/ on fresh random inputs",
+                            description="Run the oracle identity checks of docs/ and print each identity with "
+                                        "its largest error and tolerance. Exit status 1 if any fails.")
+    verify.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    verify.add_argument("--only", nargs="+", metavar="LABEL", help="only these docs labels, e.g. G5 C3")
+    verify.set_defaults(run=run_verify)
     return parser
+
+
+def _data_option(parser, default):
+    parser.add_argument("--data", default=default,
+                        help=f"a toy data set name (see refdiff data) or an .npz with arrays x and y (default {default})")
+
+
+def _model_options(parser):
+    """The options that choose the models and the guidance, shared by sample and field."""
+    parser.add_argument("--model", help="a folder written by refdiff train; without it, the exact oracle of --data")
+    parser.add_argument("--data", default="three_gaussians",
+                        help="a Gaussian-mixture preset: the oracle models without --model, and the exact "
+                             "p(y | x0) reported with it (default three_gaussians)")
+    parser.add_argument("--guidance", choices=GUIDANCE, default="none", help="guidance method (default none)")
+    parser.add_argument("--scale", type=float,
+                        help="strength: the weight w for cfg (diffusers' guidance_scale - 1), the scale s for "
+                             "classifier; required with guidance")
+    parser.add_argument("--label", type=int,
+                        help=f"the requested label (default: labels 0..K-1 in turn); {NULL_LABEL} for "
+                             "unconditional samples without guidance")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def count(text):
@@ -93,6 +178,118 @@ def run_data(args):
     save_npz_atomic(args.out, x=x, y=y)
     print(f"wrote {len(x)} points of {args.name} to {args.out}")
     return 0
+
+
+def run_demo(args):
+    from . import demo
+    data = datasets.load(args.data, 20_000, np.random.default_rng(args.seed))
+    demo.run(data, args.out, np.random.default_rng(args.seed + 1), n_per_label=args.n_per_label,
+             den_opts=budget(DENOISER_DEMO, args.denoiser_steps),
+             clf_opts=budget(CLASSIFIER_DEMO, args.classifier_steps))
+    return 0
+
+
+def run_train(args):
+    rng = np.random.default_rng(args.seed)
+    data = datasets.load(args.data, 20_000, rng)
+    os.makedirs(args.out, exist_ok=True)
+    sched = Schedule.linear(1000)
+    den = train_denoiser(data.x, data.y, sched, rng, num_labels=data.num_labels,
+                         **budget(DENOISER_2D, args.denoiser_steps))
+    clf = train_classifier(data.x, data.y, sched, rng, num_labels=data.num_labels,
+                           **budget(CLASSIFIER_2D, args.classifier_steps))
+    for name, model in (("denoiser", den), ("classifier", clf)):
+        checkpoint.save(os.path.join(args.out, f"{name}.npz"), model)
+    print(f"wrote denoiser.npz and classifier.npz to {args.out} ({len(data.x)} points of {data.name}, "
+          f"final losses {den.history[-1]:.4f} and {clf.history[-1]:.4f})")
+    return 0
+
+
+def _guided(args, num=None):
+    """The models the options name and the guided eps_fn: (eps_fn, sched, labels, mixture, dim).
+
+    labels is an int array of num requested labels (num given, as for sample), or one int (num
+    None, as for field); None means unconditional.
+    """
+    mixture = toy_data.mixture(args.data) if args.data in toy_data.presets() else None
+    if args.model is None:
+        if mixture is None:
+            raise ValueError(f"--data must be a Gaussian-mixture preset ({', '.join(toy_data.presets())}) "
+                             f"without --model, got {args.data!r}")
+        sched = Schedule.linear(1000)
+        den, clf = mixture.eps_model(sched), lambda: mixture.classifier(sched)
+        num_labels, dim = mixture.num_labels, mixture.dim
+    else:
+        den = checkpoint.load(os.path.join(args.model, "denoiser.npz"))
+        sched, num_labels, dim = den.sched, den.config.num_labels, den.config.dim
+        clf = lambda: checkpoint.load(os.path.join(args.model, "classifier.npz"))
+    labels = _labels(args, num, num_labels)
+    if (args.scale is None) != (args.guidance == "none"):
+        raise ValueError("--scale is required with --guidance classifier or cfg, and only then")
+    if args.guidance == "cfg":
+        eps_fn = classifier_free_guidance(den, labels, args.scale)
+    elif args.guidance == "classifier":
+        eps_fn = classifier_guidance(den, clf(), sched, labels, args.scale)
+    else:
+        eps_fn = lambda x, t: den(x, t, labels)
+    return eps_fn, sched, labels, mixture if mixture is not None and mixture.dim == dim else None, dim
+
+
+def _labels(args, num, num_labels):
+    """--label checked against the model: every label in turn (sample), one label, or None."""
+    if args.label is None and num is not None:
+        return np.arange(num) % num_labels
+    if args.label is None or (args.label == NULL_LABEL and args.guidance == "none"):
+        if args.guidance != "none":
+            raise ValueError("--label is required with guidance here: the field is guided toward one label")
+        return None
+    if not 0 <= args.label < num_labels:
+        raise ValueError(f"--label must be in 0..{num_labels - 1}"
+                         f"{f' (or {NULL_LABEL} without guidance)' if args.guidance == 'none' else ''}, got {args.label}")
+    return args.label if num is None else np.full(num, args.label)
+
+
+def run_sample(args):
+    eps_fn, sched, labels, mixture, dim = _guided(args, args.n)
+    rng = np.random.default_rng(args.seed)
+    x_T = rng.standard_normal((args.n, dim))
+    x = (ddim(eps_fn, sched, x_T, args.steps or 50) if args.sampler == "ddim"
+         else ddpm(eps_fn, sched, x_T, rng, steps=args.steps))
+    y = np.full(args.n, NULL_LABEL) if labels is None else labels
+    save_npz_atomic(args.out, x=x, y=y)
+    report = f"wrote {args.n} samples to {args.out}"
+    if labels is not None:
+        spread = np.nanmean(class_spread(x, labels, int(labels.max()) + 1))
+        report += f"; per-class spread {spread:.4f}"
+        if mixture is not None:
+            report += f", mean exact p(y | x0) {fidelity(mixture, x, labels)[0]:.4f}"
+    print(report)
+    return 0
+
+
+def run_field(args):
+    from matplotlib.figure import Figure
+
+    from . import plot
+    from .demo import save_figure
+    eps_fn, sched, label, mixture, dim = _guided(args)
+    if dim != 2:
+        raise ValueError(f"refdiff field draws 2D fields; the model's data has dimension {dim}")
+    if args.t > sched.T:
+        raise ValueError(f"--t must be in 1..{sched.T}, got {args.t}")
+    fig = Figure(figsize=(6, 6))
+    plot.vector_field(fig.add_subplot(1, 1, 1), eps_fn, sched, args.t, lim=args.lim, what=args.what,
+                      kind=args.kind, density=mixture, y=label, normalize=args.normalize)
+    save_figure(fig, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_verify(args):
+    from . import verify
+    results = verify.run_checks(args.seed, args.only)
+    print(verify.format_results(results))
+    return 0 if all(r.passed for r in results) else 1
 
 
 def tune_malloc():
