@@ -57,10 +57,8 @@ def build_parser():
                                        "prediction times at N = 10,000 (unguided, CFG, classifier guidance), excess "
                                        "losses over the oracle's, and unguided DDPM samples against the truth.")
     bench.add_argument("--data", default="ring8", help="a Gaussian-mixture preset (default ring8)")
-    bench.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    bench.add_argument("--denoiser-steps", type=count, help="override the default denoiser budget")
-    bench.add_argument("--classifier-steps", type=count, help="override the default classifier budget")
+    _training_options(bench, DENOISER_2D, CLASSIFIER_2D)
     bench.add_argument("--n-eval", type=count, default=100_000, help="draws for the excess losses (default 100000)")
     bench.add_argument("--images", action="store_true",
                        help="instead, train on the tiny images and judge the samples (several minutes)")
@@ -72,9 +70,7 @@ def build_parser():
                                       "figures, metrics.json and samples.npz to --out. About a minute on 2 cores.")
     demo.add_argument("--out", default="refdiff-demo", help="output folder (default refdiff-demo)")
     _data_option(demo, "three_gaussians")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--denoiser-steps", type=count, help=f"denoiser steps (default {DENOISER_DEMO['steps']})")
-    demo.add_argument("--classifier-steps", type=count, help=f"classifier steps (default {CLASSIFIER_DEMO['steps']})")
+    _training_options(demo, DENOISER_DEMO, CLASSIFIER_DEMO)
     demo.add_argument("--n-per-label", type=count, default=300, help="samples per label and strength (default 300)")
     demo.set_defaults(run=run_demo)
 
@@ -83,9 +79,7 @@ def build_parser():
                                        "default 2D budgets and write DIR/denoiser.npz and DIR/classifier.npz.")
     _data_option(train, "three_gaussians")
     train.add_argument("--out", default="refdiff-model", help="output folder (default refdiff-model)")
-    train.add_argument("--denoiser-steps", type=count, help=f"denoiser steps (default {DENOISER_2D['steps']})")
-    train.add_argument("--classifier-steps", type=count, help=f"classifier steps (default {CLASSIFIER_2D['steps']})")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _training_options(train, DENOISER_2D, CLASSIFIER_2D)
     train.set_defaults(run=run_train)
 
     sample = sub.add_parser("sample", help="draw guided or unguided samples from a checkpoint or the oracle",
@@ -120,6 +114,13 @@ def build_parser():
     verify.add_argument("--only", nargs="+", metavar="LABEL", help="only these docs labels, e.g. G5 C3")
     verify.set_defaults(run=run_verify)
     return parser
+
+
+def _training_options(parser, den_budget, clf_budget):
+    """--seed and the two step counts that override a training budget."""
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--denoiser-steps", type=count, help=f"denoiser steps (default {den_budget['steps']})")
+    parser.add_argument("--classifier-steps", type=count, help=f"classifier steps (default {clf_budget['steps']})")
 
 
 def _data_option(parser, default):

@@ -181,6 +181,13 @@ def test_verify_prints_every_check_and_exits_0(capsys):
     assert "G5" in out and "C3" in out and "FAIL" not in out
 
 
+def test_verify_exits_1_when_an_identity_fails(capsys, monkeypatch):
+    from refdiff import guidance
+    monkeypatch.setattr(guidance, "cfg_rule", lambda cond, uncond, w: (2 + w) * cond - (1 + w) * uncond)
+    assert main(["verify", "--only", "G5"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["demo", "--data", "nope"], "--data must be one of"),
     (["demo", "--data", "missing.npz"], "no such file"),
@@ -215,4 +222,4 @@ def test_new_subcommands_reject_mistakes_in_one_line(argv, needle, capsys, tmp_p
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
-    assert exit_.value.code == 0 and "--seed" in capsys.readouterr().out or command == "data"
+    assert exit_.value.code == 0 and "--seed" in capsys.readouterr().out
