@@ -67,7 +67,7 @@ def build_parser():
     demo = sub.add_parser("demo", help="train a guided pair, sweep both guidance methods, write figures and metrics",
                           description="Train a denoiser (with label dropout) and a noisy classifier on 2D data, "
                                       "sample classifier guidance and CFG over a sweep of strengths, and write "
-                                      "figures, metrics.json and samples.npz to --out. About a minute on 2 cores.")
+                                      "figures, metrics.json and samples.npz to --out. About 20 s on 2 cores.")
     demo.add_argument("--out", default="refdiff-demo", help="output folder (default refdiff-demo)")
     _data_option(demo, "three_gaussians")
     _training_options(demo, DENOISER_DEMO, CLASSIFIER_DEMO)
