@@ -808,3 +808,24 @@ def test_L7_ema_warmup_reaches_its_cap():
     warm = (1 + k) / (10 + k)
     assert k[np.argmax(warm >= 0.99)] == 890
     assert 8900 <= k[np.argmax(warm >= 0.999)] <= 9100
+
+
+# ---- theory.md --------------------------------------------------------------------------------
+def test_theory_table():
+    # The printed table, to its printed decimals.
+    from refdiff import theory
+    s, full = Schedule.linear(1000), np.arange(1000, 0, -1)
+    table = {0.0: ((0.996, 0.498), (1.000, 0.494), (1, 0.5)), 1.0: ((1.617, 0.249), (1.500, 0.287), (1.333, 0.333)),
+             3.0: ((2.210, 0.062), (1.876, 0.138), (1.6, 0.2))}
+    for w, printed in table.items():
+        got = (theory.ddim_output(s, full, 1.0, 0.5, w), theory.ddpm_output(s, full, 1.0, 0.5, w), theory.tilted(1.0, 0.5, w))
+        for g, p in zip(got, printed):
+            np.testing.assert_allclose(g, p, atol=5e-4 + 1e-12)
+    limits = {1.0: ((1.623, 0.25), (1.5, 0.292)), 3.0: ((2.217, 0.0625), (1.875, 0.142))}
+    for w, (ode, sde) in limits.items():
+        np.testing.assert_allclose(theory.ode_limit(1.0, 0.5, w), ode, atol=5e-4)
+        np.testing.assert_allclose(theory.sde_limit(1.0, 0.5, w), sde, atol=5e-4)
+    # the intro's three variances, at w = 1 and v = 0.5
+    assert theory.ode_limit(1.0, 0.5, 1.0)[1] == 0.5 ** 2
+    assert theory.sde_limit(1.0, 0.5, 1.0)[1] == pytest.approx(0.5 * (0.5 ** 3 - 1) / (0.5 - 1) / 3, rel=1e-12)
+    assert theory.tilted(1.0, 0.5, 1.0)[1] == pytest.approx(0.5 / (1 + 1 - 0.5), rel=1e-12)

@@ -1,0 +1,128 @@
+"""What guided samplers output, in closed form, for one-dimensional Gaussian data (docs/theory.md).
+
+With p(x) = N(0, 1) and p(x | y) = N(mu, v), every exact eps is affine in x_t, so CFG's eps is
+too (T1), and each DDIM or DDPM step maps a Gaussian to a Gaussian. The output law of a sampler
+with finitely many steps is therefore a Gaussian whose mean and variance follow a recursion
+(T2, T3). The "tilted" density p(x | y)^(1 + w) p(x)^(-w) that CFG is often said to sample is a
+Gaussian too (T4); the recursions show that neither sampler outputs it. With infinitely many steps
+DDIM becomes the probability-flow ODE and DDPM the reverse SDE, whose outputs are closed forms
+(T5, T6).
+"""
+import numpy as np
+from scipy.integrate import quad
+
+from .arrays import as_timesteps
+
+
+def cfg_eps_coefficients(a, mu, v, w):
+    """CFG's eps for p(x) = N(0, 1), p(x | y) = N(mu, v): eps(x_t) = e1 x_t + e0 (eq. (T1)).
+
+    The noised laws are p_t(x) = N(0, 1) and p_t(x | y) = N(sqrt(a) mu, a v + 1 - a), so by (O3)
+    eps(x) = sqrt(1 - a) x and eps(x | y) = sqrt(1 - a) (x - sqrt(a) mu) / (a v + 1 - a), and
+    (G5) combines them with weights 1 + w and -w.
+
+    Parameters
+    ----------
+    a : float or array, alpha_bar_t in (0, 1]; mu : float; v : float > 0; w : float
+
+    Returns
+    -------
+    (e1, e0) : floats or arrays shaped like a
+    """
+    a = np.asarray(a, dtype=np.float64)
+    s = np.sqrt(1 - a)
+    var_y = a * v + 1 - a
+    return s * ((1 + w) / var_y - w), -s * (1 + w) * np.sqrt(a) * mu / var_y
+
+
+def ddim_output(sched, ts, mu, v, w, eta=0.0):
+    """Mean and variance of DDIM's output with CFG's exact eps from x_T ~ N(0, 1) (eq. (T2)).
+
+    Each step of (D2) is x' = A x + B + sigma z, with A and B from (T1), so
+    mean' = A mean + B and var' = A^2 var + sigma^2 (Song et al. 2021, eqs. 12 and 16).
+
+    Parameters
+    ----------
+    sched : Schedule; ts : decreasing ints, the steps visited (``sched.timesteps(steps, spacing)``)
+    mu, v, w : as in ``cfg_eps_coefficients``; eta : float >= 0
+
+    Returns
+    -------
+    (mean, var) : floats
+    """
+    ts = as_timesteps(ts, len(ts), sched.T, "ts")
+    mean, var = 0.0, 1.0
+    for t, t_prev in zip(ts, np.append(ts[1:], 0)):
+        a, ap = sched.alpha_bar[t], sched.alpha_bar[t_prev]
+        sigma2 = eta ** 2 * (1 - ap) / (1 - a) * (1 - a / ap)
+        e1, e0 = cfg_eps_coefficients(a, mu, v, w)
+        c = np.sqrt(1 - ap - sigma2)
+        # x' = sqrt(ap) (x - sqrt(1 - a) eps) / sqrt(a) + c eps + sigma z,  eps = e1 x + e0
+        A = np.sqrt(ap / a) * (1 - np.sqrt(1 - a) * e1) + c * e1
+        B = (c - np.sqrt(ap / a) * np.sqrt(1 - a)) * e0
+        mean, var = A * mean + B, A ** 2 * var + sigma2
+    return float(mean), float(var)
+
+
+def ddpm_output(sched, ts, mu, v, w, variance="beta_tilde"):
+    """Mean and variance of ancestral DDPM's output with CFG's exact eps from x_T ~ N(0, 1) (eq. (T3)).
+
+    On the chain respaced to ts (S5), each step of (D1) is
+    x' = (x - beta / sqrt(1 - a) eps) / sqrt(1 - beta) + sigma z, with no noise at the last step.
+    """
+    ts = as_timesteps(ts, len(ts), sched.T, "ts")
+    sub = sched.respace(ts)
+    var_table = sub.posterior_variance() if variance == "beta_tilde" else sub.betas
+    mean, var = 0.0, 1.0
+    for j in range(sub.T, 0, -1):
+        a, beta = sub.alpha_bar[j], sub.betas[j]
+        e1, e0 = cfg_eps_coefficients(a, mu, v, w)
+        A = (1 - beta / np.sqrt(1 - a) * e1) / np.sqrt(1 - beta)
+        B = -beta / np.sqrt(1 - a) * e0 / np.sqrt(1 - beta)
+        mean, var = A * mean + B, A ** 2 * var + (var_table[j] if j > 1 else 0.0)
+    return float(mean), float(var)
+
+
+def tilted(mu, v, w):
+    """Mean and variance of the tilted density p(x | y)^(1 + w) p(x)^(-w), normalised (eq. (T4)).
+
+    Exponents add: its precision is (1 + w) / v - w and its precision-weighted mean (1 + w) mu / v.
+    ValueError when the precision is not positive (no normalisable density).
+    """
+    precision = (1 + w) / v - w
+    if not precision > 0:
+        raise ValueError(f"w = {w} with v = {v}: (1 + w) / v - w = {precision} <= 0, the tilted density "
+                         "is not normalisable")
+    return (1 + w) * mu / v / precision, 1 / precision
+
+
+def ode_limit(mu, v, w):
+    """Mean and variance of the probability-flow ODE's output with CFG's exact score (eq. (T5)).
+
+    In the variable a = alpha_bar the VP probability-flow ODE is dx/da = (x + score) / (2a)
+    (Song et al. 2021, eq. 13); with (T1) it is linear, dx/da = (1 + w) ((v - 1) x + mu / sqrt(a)) / (2 s),
+    s = 1 + a (v - 1), whose solution from a = 0 (x ~ N(0, 1)) to a = 1 has
+    var = v^(1 + w) and mean = (1 + w) mu v^((1 + w) / 2) / 2 * int_0^1 b^(-1/2) s(b)^(-(3 + w) / 2) db.
+    """
+    integral = quad(lambda b: (1 + b * (v - 1)) ** (-(3 + w) / 2), 0, 1, weight="alg", wvar=(-0.5, 0),
+                    epsabs=0, epsrel=1e-12)[0]
+    return (1 + w) * mu * v ** ((1 + w) / 2) / 2 * integral, v ** (1 + w)
+
+
+def sde_limit(mu, v, w):
+    """Mean and variance of the reverse SDE's output with CFG's exact score (eq. (T6)).
+
+    In a = alpha_bar the reverse VP SDE is dx = (x + 2 score) / (2a) da + dW with Var(dW) = da / a
+    (Anderson 1982; Song et al. 2021, eq. 6). With (T1) its mean and variance solve linear ODEs,
+    and from a = 0 to a = 1: mean = mu r(1 + w), var = v r(1 + 2w) / (1 + 2w), where
+    r(k) = (v^k - 1) / (v - 1) (r(k) = k at v = 1).
+    """
+    return mu * _geometric(v, 1 + w), v * _geometric(v, 1 + 2 * w, per_k=True)
+
+
+def _geometric(v, k, per_k=False):
+    """(v^k - 1) / (v - 1), or that over k, continuous in v and k: at v = 1 it is k (1 over k),
+    at k = 0 (per_k) it is log(v) / (v - 1). Computed with expm1, without cancellation."""
+    log_v = np.log(v)
+    ratio_over_k = 1.0 if log_v == 0 else (log_v if k == 0 else np.expm1(k * log_v) / k) / np.expm1(log_v)
+    return float(ratio_over_k if per_k else k * ratio_over_k)
