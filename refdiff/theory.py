@@ -12,6 +12,20 @@ import numpy as np
 from scipy.integrate import quad
 
 from .arrays import as_timesteps
+from .labels import NULL_LABEL
+from .oracle import GaussianMixture
+
+
+def exact_pair(sched, mu, v):
+    """The exact denoiser of the pair: ``eps_model(x, t, y=None)`` with x of shape (N, 1), the oracle
+    of p(x) = N(0, 1) for y = None or NULL_LABEL rows and of p(x | y) = N(mu, v) for the others."""
+    prior = GaussianMixture([1.0], [[0.0]], [[[1.0]]]).eps_model(sched)
+    cond = GaussianMixture([1.0], [[mu]], [[[v]]]).eps_model(sched)
+
+    def eps_model(x, t, y=None):
+        null = np.ones(len(x), bool) if y is None else np.broadcast_to(np.asarray(y) == NULL_LABEL, (len(x),))
+        return np.where(null[:, None], prior(x, t), cond(x, t))
+    return eps_model
 
 
 def cfg_eps_coefficients(a, mu, v, w):

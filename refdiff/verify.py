@@ -17,7 +17,7 @@ import numpy as np
 
 import toy_data
 
-from . import guidance, metrics, process, samplers, schedule
+from . import guidance, metrics, process, samplers, schedule, theory
 from .arrays import as_count
 from .labels import NULL_LABEL
 
@@ -331,6 +331,32 @@ def check_g10(rng):
     return err, OPS * EPS
 
 
+def check_t2_t3(rng):
+    """Sampled means and variances of DDIM-50 and DDPM-100 with CFG (w = 1) on the 1D Gaussian pair
+    against (T2), (T3), in standard errors (sqrt(var / n) and var sqrt(2 / (n - 1)), n = 20000)."""
+    sched, n, mu, v, w = schedule.Schedule.linear(1000), 20_000, 1.0, 0.5, 1.0
+    eps_fn = guidance.classifier_free_guidance(theory.exact_pair(sched, mu, v), 0, w)
+    x_T = rng.standard_normal((n, 1))
+    runs = ((samplers.ddim(eps_fn, sched, x_T, 50), theory.ddim_output(sched, sched.timesteps(50, "leading"), mu, v, w)),
+            (samplers.ddpm(eps_fn, sched, x_T, rng, steps=100),
+             theory.ddpm_output(sched, sched.timesteps(100, "leading"), mu, v, w)))
+    z = [max(abs(x.mean() - m) / np.sqrt(var / n), abs(x.var(ddof=1) - var) / (var * np.sqrt(2 / (n - 1))))
+         for x, (m, var) in runs]
+    return max(z), 5.0
+
+
+def check_t5_t6(rng):
+    """DDIM and DDPM with every step of Schedule.cosine(4000), on (T2), (T3), against the ODE and SDE
+    limits (T5), (T6): first-order methods, measured within 0.3% (tolerance 1%), relative."""
+    sched, full = schedule.Schedule.cosine(4000), np.arange(4000, 0, -1)
+    errors = []
+    for mu, v, w in ((1.0, 0.5, 1.0), (-0.5, 2.0, 3.0), (rng.uniform(-2, 2), rng.uniform(0.2, 2), rng.uniform(0, 4))):
+        got = np.concatenate([theory.ddim_output(sched, full, mu, v, w), theory.ddpm_output(sched, full, mu, v, w)])
+        want = np.concatenate([theory.ode_limit(mu, v, w), theory.sde_limit(mu, v, w)])
+        errors.append(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-3)))
+    return max(errors), 1e-2
+
+
 CHECKS = (
     Check("S1", "alpha_bar_t = prod_{s <= t} (1 - beta_s)", check_s1),
     Check("P1/C1", "eps_to_x0(q_sample(x0, eps), eps) = x0", check_p1_c1),
@@ -349,6 +375,8 @@ CHECKS = (
     Check("G7", "conditional classifier guidance(s) = CFG(w = s)", check_g7),
     Check("G8", "CFG commutes with eps -> x0, score, v", check_g8),
     Check("G10", "eps form moves the DDPM mean by beta / sqrt(alpha) g", check_g10),
+    Check("T2/T3", "DDIM/DDPM with CFG output (T2)/(T3), in SE", check_t2_t3),
+    Check("T5/T6", "every-step DDIM/DDPM near the ODE/SDE laws", check_t5_t6),
 )
 
 

@@ -11,8 +11,6 @@ from scipy.integrate import quad
 
 from refdiff import theory
 from refdiff.guidance import classifier_free_guidance
-from refdiff.labels import NULL_LABEL
-from refdiff.oracle import GaussianMixture
 from refdiff.samplers import ddim, ddpm
 from refdiff.schedule import Schedule
 
@@ -22,22 +20,20 @@ SCHED = Schedule.linear(1000)
 MU, V = 1.0, 0.5
 
 
-def exact_models(mu, v):
-    """eps_model(x, t, y) with p(x) = N(0, 1) for NULL_LABEL rows and p(x | y) = N(mu, v) otherwise."""
-    prior = GaussianMixture([1.0], [[0.0]], [[[1.0]]]).eps_model(SCHED)
-    cond = GaussianMixture([1.0], [[mu]], [[[v]]]).eps_model(SCHED)
-
-    def eps_model(x, t, y=None):
-        t = np.broadcast_to(t, (len(x),))
-        null = np.ones(len(x), bool) if y is None else np.asarray(y) == NULL_LABEL
-        return np.where(null[:, None], prior(x, t), cond(x, t))
-    return eps_model
+def test_exact_pair_is_the_prior_for_null_rows_and_the_conditional_otherwise():
+    x, t = np.linspace(-3, 3, 7)[:, None], np.full(7, 300)
+    a = SCHED.alpha_bar[300]
+    model = theory.exact_pair(SCHED, MU, V)
+    prior, cond = np.sqrt(1 - a) * x, np.sqrt(1 - a) * (x - np.sqrt(a) * MU) / (a * V + 1 - a)   # (O3)
+    np.testing.assert_allclose(model(x, t), prior, rtol=1e-12, atol=1e-15)
+    y = np.array([0, -1, 0, -1, 0, 0, -1])
+    np.testing.assert_allclose(model(x, t, y), np.where(y[:, None] == -1, prior, cond), rtol=1e-12, atol=1e-15)
 
 
 @given(st.integers(1, 1000), st.floats(-3, 3), st.floats(0.05, 4), st.floats(-1, 10))
 def test_T1_cfg_eps_is_affine_with_these_coefficients(t, mu, v, w):
     x = np.linspace(-4, 4, 9)[:, None]
-    got = classifier_free_guidance(exact_models(mu, v), 0, w)(x, np.full(9, t))
+    got = classifier_free_guidance(theory.exact_pair(SCHED, mu, v), 0, w)(x, np.full(9, t))
     e1, e0 = theory.cfg_eps_coefficients(SCHED.alpha_bar[t], mu, v, w)
     # round-off: a few ulps of the terms (1 + 2|w|) * |eps| with |eps| <= (|x| + |mu|) / min(v, 1)
     bound = 64 * np.finfo(float).eps * (1 + 2 * abs(w)) * (4 + abs(mu)) / min(v, 1)
@@ -61,7 +57,7 @@ def test_T2_T3_are_what_the_samplers_output(sampler, w):
     # 20000 samples: the sample mean within 5 SE = 5 sqrt(var / n) of (T2)/(T3), the sample
     # variance within 5 SE = 5 var sqrt(2 / (n - 1)) (Gaussian output).
     n, rng = 20_000, np.random.default_rng(1)
-    eps_fn = classifier_free_guidance(exact_models(MU, V), 0, w)
+    eps_fn = classifier_free_guidance(theory.exact_pair(SCHED, MU, V), 0, w)
     x_T = rng.standard_normal((n, 1))
     kind, steps = sampler.split("-")[0], int(sampler.split("-")[1])
     ts = SCHED.timesteps(steps, "leading")

@@ -6,7 +6,7 @@ label filter and determinism.
 import numpy as np
 import pytest
 
-from refdiff import guidance, process, samplers
+from refdiff import guidance, process, samplers, theory
 from refdiff.oracle import GaussianMixture
 from refdiff.schedule import Schedule
 from refdiff.verify import CHECKS, Result, format_results, run_checks
@@ -151,6 +151,18 @@ def noise_std_equal_to_variance(table, t, like):
 
 # (label, mutation, where, name, replacement). samplers imports p_mean and eps_to_x0 by name, so
 # the sampler mutations replace samplers' own references.
+CFG_COEFFICIENTS, SDE_LIMIT = theory.cfg_eps_coefficients, theory.sde_limit
+
+
+def cfg_coefficients_with_w_plus_a_tenth(a, mu, v, w):
+    return CFG_COEFFICIENTS(a, mu, v, w + 0.1)
+
+
+def sde_variance_without_the_1_plus_2w(mu, v, w):
+    mean, var = SDE_LIMIT(mu, v, w)
+    return mean, var * (1 + 2 * w) / (2 + 2 * w)
+
+
 MUTATIONS = [
     ("S1", "alpha_bar stops one factor short", Schedule, "__post_init__", alpha_bar_off_by_one),
     ("P1/C1", "q_sample with 1 - a for sqrt(1 - a)", process, "q_sample", q_sample_with_1_minus_a),
@@ -174,6 +186,8 @@ MUTATIONS = [
     ("G10", "p_mean with sqrt(alpha_bar) for sqrt(alpha)", process, "p_mean", p_mean_with_alpha_bar),
     ("G10", "eps form with sqrt(beta) for sqrt(1 - a)", guidance, "classifier_guidance",
      classifier_guidance_with_sqrt_beta),
+    ("T2/T3", "(T1) with w + 0.1 for w", theory, "cfg_eps_coefficients", cfg_coefficients_with_w_plus_a_tenth),
+    ("T5/T6", "(T6) variance over 2 + 2w for 1 + 2w", theory, "sde_limit", sde_variance_without_the_1_plus_2w),
 ]
 
 
