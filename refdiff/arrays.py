@@ -58,6 +58,36 @@ def as_timesteps(t, n, T, name="t", low=1):
     return arr
 
 
+def as_times(t, n, T, name="t", low=1):
+    """Return times as shape (n,): int64 for integer (or whole-valued) input, else float64.
+
+    Integer timesteps go through ``as_timesteps`` unchanged, so integer callers see exactly the
+    old behaviour; real times (continuous time, docs/schedule.md (S6)) must be finite and in
+    [low, T]. A Python or numpy scalar is broadcast to every row.
+    """
+    arr = _asarray(t, name, f"a timestep in [{low}, {T}]")
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must be a real or integer timestep in [{low}, {T}], got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    if np.issubdtype(arr.dtype, np.integer) or np.all(arr == np.round(arr)):
+        return as_timesteps(t, n, T, name, low)
+    arr = arr.astype(np.float64)
+    if arr.ndim == 0:
+        arr = np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be a number or an array of shape ({n},), got shape {arr.shape}")
+    bad = arr[(arr < low) | (arr > T)]
+    if bad.size:
+        raise ValueError(f"{name} must be in [{low}, {T}], got {bad[0]}")
+    return arr
+
+
+def alpha_bar_of(sched, t):
+    """sched.alpha_bar[t] for int64 t (bit-identical table lookup), sched.alpha_bar_at(t) for real t (eq. (S6))."""
+    return sched.alpha_bar[t] if np.issubdtype(t.dtype, np.integer) else sched.alpha_bar_at(t)
+
+
 def as_count(n, name="n", low=0):
     """Return n as an int, raising ValueError unless it is an integer >= low (a bool is not)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < low:

@@ -11,7 +11,7 @@ import numpy as np
 from autograd import grad
 from autograd.scipy.special import logsumexp
 
-from .arrays import as_points, as_timesteps
+from .arrays import alpha_bar_of, as_points, as_times
 from .labels import NULL_LABEL, as_labels
 
 
@@ -67,7 +67,7 @@ def classifier_guidance(eps_model, logits_model, sched, y, scale, conditional=Fa
     def eps_fn(x, t):
         x, t, labels = _guidance_inputs(x, t, y, sched)
         eps = eps_model(x, t, labels if conditional else None)
-        sigma = np.sqrt(1 - sched.alpha_bar[t]).reshape(-1, 1).astype(x.dtype)
+        sigma = np.sqrt(1 - alpha_bar_of(sched, t)).reshape(-1, 1).astype(x.dtype)
         return eps - sigma * grad_fn(x, t)
     return eps_fn
 
@@ -120,9 +120,9 @@ def w_from_guidance_scale(guidance_scale):
 
 
 def _guidance_inputs(x, t, y, sched):
-    """x as (N, D), t as int64 (N,) in 1..T, and the target labels as int64 (N,)."""
+    """x as (N, D); t as int64 (N,) in 1..T, or float64 in [1, T] if real; the target labels as int64 (N,)."""
     x = as_points(x, "x")
-    return x, as_timesteps(t, x.shape[0], sched.T), _target_labels(y, x.shape[0])
+    return x, as_times(t, x.shape[0], sched.T), _target_labels(y, x.shape[0])
 
 
 def _sum_log_softmax_at(logits, labels):

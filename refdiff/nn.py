@@ -16,7 +16,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.extend import defvjp, primitive
 
-from .arrays import as_points, as_timesteps, check_rng
+from .arrays import as_points, as_times, check_rng
 from .labels import NULL_LABEL, as_labels
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -226,7 +226,8 @@ def label_rows(y, n, num_labels):
 
 
 class Network:
-    """Parameters, config and the Schedule a network was trained with; t must be in 1..sched.T."""
+    """Parameters, config and the Schedule a network was trained with; t must be in [1, sched.T]
+    (an integer, or real: eq. (L1) is defined for real t)."""
 
     def __init__(self, params, config, sched):
         if config.kind != self.kind:
@@ -234,9 +235,9 @@ class Network:
         self.params, self.config, self.sched = params, config, sched
 
     def _inputs(self, x, t):
-        """x as (N, D) in the network's dtype, and t as int64 (N,) in 1..T."""
+        """x as (N, D) in the network's dtype; t as int64 (N,) in 1..T, or float64 in [1, T] if real."""
         x = as_points(x, "x", dim=self.config.dim).astype(DTYPES[self.config.dtype], copy=False)
-        return x, as_timesteps(t, x.shape[0], self.sched.T)
+        return x, as_times(t, x.shape[0], self.sched.T)
 
 
 class Denoiser(Network):

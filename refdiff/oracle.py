@@ -13,7 +13,7 @@ import numpy as np
 from autograd.scipy.special import logsumexp
 from autograd.tracer import getval
 
-from .arrays import as_count, as_int_batch, as_points, as_timesteps, check_rng
+from .arrays import alpha_bar_of, as_count, as_int_batch, as_points, as_times, check_rng
 from .labels import NULL_LABEL, as_labels
 from .process import q_sample
 
@@ -190,8 +190,8 @@ class GaussianMixture:
     def eps_model(self, sched):
         """The exact denoiser as a model callable ``eps_model(x, t, y=None) -> eps`` (eq. (O3)).
 
-        t is an int or an int array in 1..T; y is None, an int, or an array that may hold
-        NULL_LABEL for rows that are unconditional.
+        t is an int or an int array in 1..T, or real in [1, T] (alpha_bar from eq. (S6)); y is None,
+        an int, or an array that may hold NULL_LABEL for rows that are unconditional.
         """
         def eps_model(x, t, y=None):
             x = as_points(x, "x", dim=self.dim)
@@ -240,8 +240,9 @@ def denoising_errors(eps_model, sched, x0, y, t, eps):
 
 
 def _alpha_bar(sched, t, n):
-    """alpha_bar_t for integer t in 1..T, one per row: shape (n,)."""
-    return sched.alpha_bar[as_timesteps(t, n, sched.T)]
+    """alpha_bar_t, one per row, shape (n,): a table lookup for integer t in 1..T, eq. (S6) for
+    real t in [1, T]."""
+    return alpha_bar_of(sched, as_times(t, n, sched.T))
 
 
 def _shift_rows(log_joint):

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.interpolate import PchipInterpolator
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -47,6 +48,7 @@ class Schedule:
         object.__setattr__(self, "betas", betas)
         object.__setattr__(self, "alphas", alphas)
         object.__setattr__(self, "alpha_bar", alpha_bar)
+        object.__setattr__(self, "_log_interp", _log_alpha_bar_interpolant(alpha_bar))
 
     @property
     def T(self):
@@ -100,6 +102,61 @@ class Schedule:
         f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2) ** 2
         return cls.from_betas(np.minimum(1.0 - f[1:] / f[:-1], max_beta))
 
+    def alpha_bar_at(self, t):
+        """alpha_bar at real times t in [0, T], equal to ``alpha_bar[t]`` at every integer (eq. (S6)).
+
+        Between integers k < t < k + 1: exp of the monotone cubic (PCHIP, Fritsch & Carlson 1980)
+        through the points (k, log alpha_bar_k) where alpha_bar_k > 0; on an interval whose right
+        end has alpha_bar_{k+1} = 0, linear in alpha_bar itself. Non-increasing and continuous;
+        used for every schedule, cosine included (docs/schedule.md, (S6)).
+
+        Parameters
+        ----------
+        t : float or array of any shape, each in [0, T]
+
+        Returns
+        -------
+        float64 array of t's shape
+        """
+        t = _check_times(t, self.T)
+        k = np.floor(t).astype(np.int64)
+        out = np.empty(t.shape)
+        whole = t == k
+        out[whole] = self.alpha_bar[k[whole]]  # exact at the integers, no interpolation round-off
+        k, frac, inner = k[~whole], (t - k)[~whole], t[~whole]
+        a_lo, a_hi = self.alpha_bar[k], self.alpha_bar[k + 1]
+        val = a_lo * (1.0 - frac)  # the right end is 0: linear in alpha_bar
+        pos = a_hi > 0
+        if np.any(pos):
+            val[pos] = np.minimum(np.exp(self._log_interp(inner[pos])), a_lo[pos])
+        out[~whole] = np.clip(val, a_hi, a_lo)
+        return out
+
+    def sigma_at(self, t):
+        """sigma(t) = sqrt((1 - alpha_bar(t)) / alpha_bar(t)) at real t in [0, T] (eq. (S6)); inf where alpha_bar is 0."""
+        a = self.alpha_bar_at(t)
+        with np.errstate(divide="ignore", over="ignore"):
+            return np.sqrt((1.0 - a) / a)
+
+    def t_of_sigma(self, sigma):
+        """The time t in [0, T] with sigma_at(t) = sigma: the inverse of eq. (S6), by bisection.
+
+        sigma(t) is increasing (strictly while alpha_bar > 0), so 64 halvings of [0, T] pin t down
+        to float64 resolution. sigma must be finite, >= 0 and <= sigma_at(T).
+        """
+        sigma = np.asarray(sigma, dtype=np.float64)
+        if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):
+            raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
+        top = self.sigma_at(float(self.T))
+        if np.any(sigma > top):
+            raise ValueError(f"sigma must be <= sigma(T) = {float(top):.6g}, got {sigma.max():.6g}")
+        lo, hi = np.zeros(sigma.shape), np.full(sigma.shape, float(self.T))
+        for _ in range(64):  # invariant: sigma(lo) <= sigma <= sigma(hi)
+            mid = 0.5 * (lo + hi)
+            below = self.sigma_at(mid) < sigma
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        return np.where(self.sigma_at(lo) == sigma, lo, hi)
+
     def timesteps(self, steps, spacing="leading"):
         """The `steps` timesteps a fast sampler visits, in decreasing order, each in 1..T (eq. (S4)).
 
@@ -149,6 +206,28 @@ class Schedule:
         var = np.zeros(self.T + 1)
         var[1:] = (1.0 - self.alpha_bar[:-1]) / (1.0 - self.alpha_bar[1:]) * self.betas[1:]
         return var
+
+
+def _log_alpha_bar_interpolant(alpha_bar):
+    """PCHIP through (t, log alpha_bar_t) over the t with alpha_bar_t > 0, or None if only t = 0 (eq. (S6))."""
+    positive = np.flatnonzero(alpha_bar > 0)
+    if positive.size < 2:
+        return None
+    return PchipInterpolator(positive.astype(np.float64), np.log(alpha_bar[positive]))
+
+
+def _check_times(t, T, name="t"):
+    """t as a finite float64 array in [0, T], raising ValueError naming ``name`` otherwise."""
+    try:
+        t = np.asarray(t, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number or array in [0, {T}], got {t!r}") from None
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    bad = t[(t < 0) | (t > T)]
+    if bad.size:
+        raise ValueError(f"{name} must be in [0, {T}], got {bad[0]}")
+    return t
 
 
 def _check_T(T):

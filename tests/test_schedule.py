@@ -314,3 +314,67 @@ def test_bad_spacing(spacing):
 def test_bad_respace_timesteps(ts):
     with pytest.raises(ValueError, match="timesteps"):
         Schedule.linear(10, 1e-5, 1e-3).respace(ts)
+
+
+# ---- continuous time: alpha_bar_at, sigma_at, t_of_sigma (eq. (S6)) -------------------------
+
+@given(schedules(), seeds)
+def test_S6_alpha_bar_at_agrees_at_integers_and_is_monotone(sched, seed):
+    T = sched.T
+    # Exactly the table at every integer, given as ints or as floats.
+    np.testing.assert_array_equal(sched.alpha_bar_at(np.arange(T + 1)), sched.alpha_bar)
+    np.testing.assert_array_equal(sched.alpha_bar_at(np.arange(T + 1.0)), sched.alpha_bar)
+    t = np.sort(np.concatenate([np.random.default_rng(seed).uniform(0, T, 200), np.arange(T + 1)]))
+    a = sched.alpha_bar_at(t)
+    assert a.shape == t.shape and a.dtype == np.float64
+    assert np.all(np.diff(a) <= 0), "alpha_bar_at must be non-increasing"
+    assert np.all((a >= 0) & (a <= 1))
+    # Between integers it stays between its neighbours, and is > 0 where the right one is.
+    k = np.floor(t).astype(int).clip(max=T - 1)
+    lo, hi = sched.alpha_bar[k + 1], sched.alpha_bar[k]
+    assert np.all((a >= lo) & (a <= hi))
+    assert np.all(a[lo > 0] > 0)
+
+
+@given(schedules(), seeds)
+def test_S6_t_of_sigma_inverts_sigma(sched, seed):
+    t = np.random.default_rng(seed).uniform(0, sched.T, 50)
+    sigma = sched.sigma_at(t)
+    ok = np.isfinite(sigma)
+    back = sched.sigma_at(sched.t_of_sigma(sigma[ok]))
+    # Bisection pins t to one ulp of T; sigma moves by at most |d log sigma / dt| * ulp, and a
+    # single step with beta = 1 - 1e-12 has d log sigma / dt < 14, so 1e-9 relative is ample.
+    np.testing.assert_allclose(back, sigma[ok], rtol=1e-9, atol=0)
+    assert sched.t_of_sigma(0.0) == 0.0
+
+
+def test_S6_sigma_is_the_noise_to_signal_ratio():
+    sched = Schedule.linear(1000)
+    t = np.array([0.0, 0.5, 1.0, 250.25, 999.9, 1000.0])
+    a = sched.alpha_bar_at(t)
+    np.testing.assert_allclose(sched.sigma_at(t), np.sqrt((1 - a) / a), rtol=1e-15)
+    assert np.all(np.diff(sched.sigma_at(t)) > 0)
+
+
+def test_S6_cosine_interpolation_is_close_to_the_closed_form():
+    # docs/schedule.md (S6): at half-integers the interpolant is within 1e-5 of f(t) / f(0)
+    # (relative) up to t = T - 10 for T = 1000; the cap of (S3) makes the last steps differ.
+    T, s = 1000, 0.008
+    sched = Schedule.cosine(T)
+    t = np.arange(T - 10) + 0.5
+    f = lambda u: np.cos((u / T + s) / (1 + s) * np.pi / 2) ** 2
+    rel = np.abs(sched.alpha_bar_at(t) / (f(t) / f(0)) - 1)
+    assert rel.max() < 1e-5, rel.max()
+
+
+@pytest.mark.parametrize("bad", [-0.5, 10.5, np.nan, np.inf, [1.0, np.nan], "x"])
+def test_S6_bad_times_raise(bad):
+    sched = Schedule.linear(10, 1e-3, 0.01)
+    with pytest.raises(ValueError, match="^t must"):
+        sched.alpha_bar_at(bad)
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan, 1e9])
+def test_S6_bad_sigma_raises(bad):
+    with pytest.raises(ValueError, match="^sigma must"):
+        Schedule.linear(100).t_of_sigma(bad)  # sigma(T) = 221
