@@ -1,19 +1,22 @@
-"""Samplers: DDPM ancestral sampling and DDIM (docs/samplers.md).
+"""Samplers: DDPM ancestral sampling, DDIM and the probability-flow ODE (docs/samplers.md).
 
 Every sampler takes a plain ``eps_fn(x, t) -> eps`` (a model with guidance already applied, or
 ``lambda x, t: eps_model(x, t, y)``) and never knows about labels or guidance. Each is one
-function with a visible loop over decreasing timesteps.
+function with a visible loop over decreasing timesteps, except ``ode_adaptive``, which hands the
+loop to ``scipy.integrate.solve_ivp`` and calls eps_fn at real t (docs/schedule.md, (S6)).
 
 ``callback(t, x, eps)``, if given, is called after every step with the timestep t the step
 started from (original indexing, 1..T), the new state x_{t_prev} and the eps used.
 ``return_path=True`` also returns the states as an array of shape (steps + 1, N, D), x_T first.
 """
 import numpy as np
+from scipy.integrate import solve_ivp
 
 from .arrays import as_points, check_rng
 from .process import column, eps_to_x0, p_mean
 
 VARIANCES = ("beta_tilde", "beta")
+ODE_METHODS = ("euler", "heun")
 
 
 def ddpm(eps_fn, sched, x_T, rng, variance="beta_tilde", steps=None, spacing=None,
@@ -87,6 +90,97 @@ def ddim(eps_fn, sched, x_T, steps, eta=0.0, spacing="leading", rng=None, return
             x_new = x_new + sigma * rng.standard_normal(x.shape, dtype=x.dtype)
         x = _step_done(x_new.astype(x.dtype), t, eps, path, return_path, callback)
     return (x, np.stack(path)) if return_path else x
+
+
+def ode(eps_fn, sched, x_T, steps, method="euler", spacing="leading", return_path=False,
+        callback=None):
+    """The probability-flow ODE dx~/dsigma = eps(x, t(sigma)) by Euler or Heun steps (eqs. (D4), (D5)).
+
+    Song et al. (2021, score SDE), eq. 13 for the VP SDE, written in x~ = x / sqrt(alpha_bar) and
+    sigma = sqrt((1 - alpha_bar) / alpha_bar) as in Karras et al. (2022), Sec. 3 (docs/samplers.md).
+    The grid is ``sched.timesteps(steps, spacing)`` then t = 0 (sigma = 0). "euler" is Karras et
+    al.'s Alg. 1 without the corrector and equals ``ddim(eta=0)`` exactly in exact arithmetic
+    (D4); "heun" adds the trapezoid corrector of Alg. 1 on every step except the last
+    one to sigma = 0, which stays Euler. Euler uses ``steps`` eps evaluations, Heun 2 steps - 1.
+
+    Parameters
+    ----------
+    eps_fn : callable (x (N, D), t (N,) ints) -> eps (N, D); sched : Schedule
+    x_T : array (N, D), the starting state at t = the first grid point
+    steps : int in 1..T; method : "euler" or "heun"; spacing : see (S4)
+
+    Returns
+    -------
+    x_0 (N, D), and with ``return_path`` the states (steps + 1, N, D). ``callback(t, x, eps)``
+    receives the eps the step used (Heun: the average of its two evaluations).
+    """
+    if method not in ODE_METHODS:
+        raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
+    x = _start(x_T, None, needs_rng=False)
+    ts = sched.timesteps(steps, spacing)
+    path = [x]
+    for t, t_prev in zip(ts, np.append(ts[1:], 0)):
+        a, a_prev = sched.alpha_bar[t], sched.alpha_bar[t_prev]
+        s, s_prev = _sigma(a), _sigma(a_prev)
+        x_tilde = x / np.sqrt(a)
+        eps = _call(eps_fn, x, t)
+        # (D4) Euler: x~' = x~ + (sigma_prev - sigma) eps, then x' = sqrt(a_prev) x~'
+        x_new = np.sqrt(a_prev) * (x_tilde + (s_prev - s) * eps)
+        if method == "heun" and t_prev > 0:
+            # (D5) trapezoid corrector with the slope at the Euler prediction
+            eps = 0.5 * (eps + _call(eps_fn, x_new.astype(x.dtype), t_prev))
+            x_new = np.sqrt(a_prev) * (x_tilde + (s_prev - s) * eps)
+        x = _step_done(x_new.astype(x.dtype), t, eps, path, return_path, callback)
+    return (x, np.stack(path)) if return_path else x
+
+
+def ode_adaptive(eps_fn, sched, x_T, rtol=1e-6, atol=1e-8):
+    """The probability-flow ODE from t = T to t = 1 by adaptive RK45, then the x0 step to t = 0 (eq. (D5)).
+
+    Integrates dx~/dsigma = eps(sqrt(alpha_bar) x~, t(sigma)) with ``scipy.integrate.solve_ivp``
+    (Dormand-Prince RK45, tolerances rtol, atol on x~ = x / sqrt(alpha_bar)) in sigma from
+    sigma(T) down to sigma(1), calling eps_fn at real t = ``sched.t_of_sigma(sigma)`` (eq. (S6);
+    clipped to [1, T] against bisection round-off), the whole batch as one system. The last step,
+    from t = 1 to t = 0, is the Euler (= DDIM) step x_0 = x~ - sigma(1) eps: a model is only
+    defined for t >= 1, and every fixed-step sampler ends the same way. Song et al. (2021, score
+    SDE), Sec. 4.3, solve the same ODE with RK45.
+
+    Parameters
+    ----------
+    eps_fn : callable (x (N, D), t (N,) floats in [1, T]) -> eps (N, D); sched : Schedule with
+    alpha_bar_T > 0; x_T : array (N, D) at t = T; rtol, atol : positive floats
+
+    Returns
+    -------
+    x_0 : array (N, D), in x_T's dtype
+    """
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    if not sched.alpha_bar[-1] > 0:
+        raise ValueError("ode_adaptive needs alpha_bar_T > 0: sigma(T) is infinite")
+    x = _start(x_T, None, needs_rng=False)
+    shape, T = x.shape, sched.T
+    s_T, s_1 = _sigma(sched.alpha_bar[T]), _sigma(sched.alpha_bar[1])
+
+    def slope(sigma, x_tilde):  # dx~/dsigma = eps(x, t(sigma)) with x = x~ / sqrt(1 + sigma^2)
+        t = float(np.clip(sched.t_of_sigma(min(sigma, s_T)), 1.0, T))
+        xt = (x_tilde.reshape(shape) / np.sqrt(1.0 + sigma ** 2)).astype(x.dtype)
+        return np.asarray(eps_fn(xt, np.full(shape[0], t)), dtype=np.float64).reshape(-1)
+
+    x_tilde = x.astype(np.float64).reshape(-1) / np.sqrt(sched.alpha_bar[T])
+    if T > 1:
+        sol = solve_ivp(slope, (s_T, s_1), x_tilde, method="RK45", rtol=rtol, atol=atol)
+        if not sol.success:
+            raise RuntimeError(f"solve_ivp failed: {sol.message}")
+        x_tilde = sol.y[:, -1]
+    x1 = (x_tilde.reshape(shape) * np.sqrt(sched.alpha_bar[1])).astype(x.dtype)
+    return (x_tilde.reshape(shape) - s_1 * _call(eps_fn, x1, 1)).astype(x.dtype)
+
+
+def _sigma(a):
+    """sigma = sqrt((1 - a) / a) of eq. (S6); 0 at a = 1."""
+    return np.sqrt((1.0 - a) / a)
 
 
 def _start(x_T, rng, needs_rng):
