@@ -100,13 +100,55 @@ def classifier_free_guidance(eps_model, y, w):
     w = _finite(w, "w")
 
     def eps_fn(x, t):
-        x = as_points(x, "x")
-        n = x.shape[0]
-        labels = _target_labels(y, n)
-        tt = np.broadcast_to(np.asarray(t), (n,))
-        both = eps_model(np.concatenate([x, x]), np.concatenate([tt, tt]),
-                         np.concatenate([labels, np.full(n, NULL_LABEL)]))
-        return cfg_rule(both[:n], both[n:], w)
+        return cfg_rule(*_both(eps_model, x, t, y), w)
+    return eps_fn
+
+
+def _both(eps_model, x, t, y):
+    """(eps(x, t, y), eps(x, t, null)) from one batched call on [x; x] with labels [y; NULL_LABEL]."""
+    x = as_points(x, "x")
+    n = x.shape[0]
+    labels = _target_labels(y, n)
+    tt = np.broadcast_to(np.asarray(t), (n,))
+    both = eps_model(np.concatenate([x, x]), np.concatenate([tt, tt]), np.concatenate([labels, np.full(n, NULL_LABEL)]))
+    return both[:n], both[n:]
+
+
+def rescaled_cfg(eps_model, y, w, phi):
+    """CFG with the rescale of Lin et al. (2024), Sec. 3.4, eq. (G11).
+
+    eps_cfg from (G5) is scaled so that each sample's standard deviation over its coordinates
+    matches the conditional prediction's, and blended: phi * eps_cfg * std(cond) / std(eps_cfg)
+    + (1 - phi) * eps_cfg. phi = 0 is plain CFG; Lin et al. use phi = 0.7 (on v-predictions;
+    diffusers' ``guidance_rescale`` applies it to eps as here). Not affine in the predictions, so
+    unlike (G5) it depends on the parametrisation it is applied to (G8).
+    """
+    w, phi = _finite(w, "w"), _finite(phi, "phi")
+
+    def eps_fn(x, t):
+        cond, uncond = _both(eps_model, x, t, y)
+        guided = cfg_rule(cond, uncond, w)
+        ratio = np.std(cond, axis=1, keepdims=True) / np.std(guided, axis=1, keepdims=True)
+        return phi * guided * ratio + (1 - phi) * guided
+    return eps_fn
+
+
+def interval_cfg(eps_model, y, w, t_low, t_high):
+    """CFG with weight w only for t_low <= t <= t_high, the conditional model elsewhere (G12).
+
+    Kynkaanniemi et al. (2024) apply guidance in a limited interval of noise levels: strong
+    guidance at high noise collapses diversity and at low noise adds little. refdiff states the
+    interval in timesteps, t_low <= t_high in 1..T (sigma of (S6) is increasing in t).
+    """
+    w = _finite(w, "w")
+    if not (isinstance(t_low, (int, np.integer)) and isinstance(t_high, (int, np.integer)) and 1 <= t_low <= t_high):
+        raise ValueError(f"t_low and t_high must be integers with 1 <= t_low <= t_high, got {t_low!r}, {t_high!r}")
+
+    def eps_fn(x, t):
+        cond, uncond = _both(eps_model, x, t, y)
+        tt = np.broadcast_to(np.asarray(t), (len(cond),))
+        inside = (tt >= t_low) & (tt <= t_high)
+        return np.where(inside[:, None], cfg_rule(cond, uncond, w), cond)
     return eps_fn
 
 

@@ -14,13 +14,13 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd import elementwise_grad
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 from scipy.special import log_softmax
 
 import toy_data
 from refdiff import process
 from refdiff.guidance import (cfg_rule, classifier_free_guidance, classifier_grad, classifier_guidance,
-                              w_from_guidance_scale)
+                              interval_cfg, rescaled_cfg, w_from_guidance_scale)
 from refdiff.metrics import two_sample_test
 from refdiff.nn import Classifier, Denoiser, MLPConfig, init_params
 from refdiff.samplers import ddim, ddpm
@@ -340,6 +340,33 @@ def test_networks_with_every_sampler(sampler):
         assert x.shape == (n, 2) and x.dtype == np.float32 and np.all(np.isfinite(x))
 
 
+# ---- variants: CFG rescale (G11) and guidance in an interval (G12) -----------------------------
+@given(oracle_cases(), st.floats(-1.0, 10.0), st.floats(0.0, 1.0))
+def test_G11_rescaled_cfg_is_the_formula_and_phi_0_is_cfg(case, w, phi):
+    gm, sched, x, t, y = case
+    model = gm.eps_model(sched)
+    cond, uncond = model(x, t, y), model(x, t)
+    guided = (1 + w) * cond - w * uncond
+    assume(np.all(np.std(guided, axis=1) > 1e-12))  # one-coordinate rows have no spread to rescale
+    want = phi * guided * np.std(cond, axis=1, keepdims=True) / np.std(guided, axis=1, keepdims=True) + (1 - phi) * guided
+    np.testing.assert_allclose(rescaled_cfg(model, y, w, phi)(x, t), want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(rescaled_cfg(model, y, w, 0.0)(x, t), classifier_free_guidance(model, y, w)(x, t))
+    if phi == 1.0:  # fully rescaled: each row's spread is the conditional prediction's
+        np.testing.assert_allclose(np.std(rescaled_cfg(model, y, w, 1.0)(x, t), axis=1), np.std(cond, axis=1), rtol=1e-9)
+
+
+def test_G12_interval_cfg_guides_only_inside_the_interval():
+    rng = np.random.default_rng(16)
+    x, y = rng.standard_normal((40, 2)), rng.integers(0, 3, 40)
+    t = np.repeat([1, 99, 100, 400, 401, 1000], [5, 5, 10, 10, 5, 5])
+    model = MIX.eps_model(SCHED)
+    got = interval_cfg(model, y, 3.0, 100, 400)(x, t)
+    inside = (t >= 100) & (t <= 400)
+    np.testing.assert_array_equal(got[inside], classifier_free_guidance(model, y, 3.0)(x, t)[inside])
+    np.testing.assert_array_equal(got[~inside], model(x, t, y)[~inside])
+    assert 0 < inside.sum() < len(t)
+
+
 # ---- bad input --------------------------------------------------------------------------------
 def _bad_calls():
     model, logits = MIX.eps_model(SCHED), MIX.classifier(SCHED)
@@ -361,6 +388,9 @@ def _bad_calls():
         (lambda: classifier_guidance(den, clf, Schedule.linear(500), 0, 1.0), "schedule"),
         (lambda: classifier_guidance(den, logits, Schedule.cosine(1000), 0, 1.0), "eps_model"),
         (lambda: w_from_guidance_scale("7"), "guidance_scale"),
+        (lambda: rescaled_cfg(model, 0, 1.0, float("nan")), "phi"),
+        (lambda: interval_cfg(model, 0, 1.0, 400, 100), "t_low"),
+        (lambda: interval_cfg(model, 0, 1.0, 0, 100), "t_low"),
         (lambda: w_from_guidance_scale(True), "guidance_scale"),
         (lambda: ddpm(lambda x, t: model(x, t), SCHED, np.zeros((3, 2)), np.random.default_rng(0),
                       mean_shift=lambda x, t: np.zeros(3)), "mean_shift"),
