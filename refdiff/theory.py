@@ -78,11 +78,14 @@ def ddim_output(sched, ts, mu, v, w, eta=0.0):
     return float(mean), float(var)
 
 
-def ddpm_output(sched, ts, mu, v, w, variance="beta_tilde"):
-    """Mean and variance of ancestral DDPM's output with CFG's exact eps from x_T ~ N(0, 1) (eq. (T3)).
+def ddpm_output(sched, ts, mu, v, w, variance="beta_tilde", mean_shift=False):
+    """Mean and variance of ancestral DDPM's output with exact guidance from x_T ~ N(0, 1) (eq. (T3)).
 
     On the chain respaced to ts (S5), each step of (D1) is
-    x' = (x - beta / sqrt(1 - a) eps) / sqrt(1 - beta) + sigma z, with no noise at the last step.
+    x' = (x - beta / sqrt(1 - a) eps) / sqrt(1 - beta) + sigma z, with no noise at the last step,
+    and eps is CFG's (T1). With ``mean_shift`` the same strength is applied as Dhariwal & Nichol's
+    Algorithm 1 instead (G9): eps is the unconditional one (T1 at w = -1) and the mean moves by
+    sigma^2 g, g = (1 + w) grad log p(y | x_t) = -(1 + w) (eps(x | y) - eps(x)) / sqrt(1 - a) by (G1).
     """
     ts = as_timesteps(ts, len(ts), sched.T, "ts")
     sub = sched.respace(ts)
@@ -90,9 +93,12 @@ def ddpm_output(sched, ts, mu, v, w, variance="beta_tilde"):
     mean, var = 0.0, 1.0
     for j in range(sub.T, 0, -1):
         a, beta = sub.alpha_bar[j], sub.betas[j]
-        e1, e0 = cfg_eps_coefficients(a, mu, v, w)
+        e1, e0 = cfg_eps_coefficients(a, mu, v, -1.0 if mean_shift else w)
         A = (1 - beta / np.sqrt(1 - a) * e1) / np.sqrt(1 - beta)
         B = -beta / np.sqrt(1 - a) * e0 / np.sqrt(1 - beta)
+        if mean_shift:
+            (c1, c0), (u1, u0) = cfg_eps_coefficients(a, mu, v, 0.0), (e1, e0)
+            A, B = A - var_table[j] * (1 + w) * (c1 - u1) / np.sqrt(1 - a), B - var_table[j] * (1 + w) * (c0 - u0) / np.sqrt(1 - a)
         mean, var = A * mean + B, A ** 2 * var + (var_table[j] if j > 1 else 0.0)
     return float(mean), float(var)
 

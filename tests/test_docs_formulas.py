@@ -825,6 +825,13 @@ def test_theory_table():
     for w, (ode, sde) in limits.items():
         np.testing.assert_allclose(theory.ode_limit(1.0, 0.5, w), ode, atol=5e-4)
         np.testing.assert_allclose(theory.sde_limit(1.0, 0.5, w), sde, atol=5e-4)
+    # the eps form against the mean-shift form
+    hundred = s.timesteps(100, "leading")
+    forms = {0.0: ((1.000, 0.494), (0.991, 0.500), (1.000, 0.452), (0.915, 0.501)),
+             1.0: ((1.500, 0.287), (1.491, 0.293), (1.505, 0.255), (1.416, 0.306))}
+    for w, printed in forms.items():
+        got = [theory.ddpm_output(s, ts, 1.0, 0.5, w, mean_shift=m) for ts in (full, hundred) for m in (False, True)]
+        np.testing.assert_allclose(got, printed, atol=5e-4 + 1e-12)
     # the intro's three variances, at w = 1 and v = 0.5
     assert theory.ode_limit(1.0, 0.5, 1.0)[1] == 0.5 ** 2
     assert theory.sde_limit(1.0, 0.5, 1.0)[1] == pytest.approx(0.5 * (0.5 ** 3 - 1) / (0.5 - 1) / 3, rel=1e-12)
