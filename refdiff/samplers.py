@@ -17,6 +17,7 @@ from .process import column, eps_to_x0, p_mean
 
 VARIANCES = ("beta_tilde", "beta")
 ODE_METHODS = ("euler", "heun")
+KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5 and Table 1
 
 
 def ddpm(eps_fn, sched, x_T, rng, variance="beta_tilde", steps=None, spacing=None,
@@ -107,7 +108,8 @@ def ode(eps_fn, sched, x_T, steps, method="euler", spacing="leading", return_pat
     ----------
     eps_fn : callable (x (N, D), t (N,) ints) -> eps (N, D); sched : Schedule
     x_T : array (N, D), the starting state at t = the first grid point
-    steps : int in 1..T; method : "euler" or "heun"; spacing : see (S4)
+    steps : int in 1..T; method : "euler" or "heun"; spacing : see (S4), or "karras" for the
+        sigma grid of Karras et al. (2022), eq. 5, at real times (eq. (D6))
 
     Returns
     -------
@@ -117,10 +119,10 @@ def ode(eps_fn, sched, x_T, steps, method="euler", spacing="leading", return_pat
     if method not in ODE_METHODS:
         raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
     x = _start(x_T, None, needs_rng=False)
-    ts = sched.timesteps(steps, spacing)
+    ts = karras_times(sched, steps) if spacing == "karras" else sched.timesteps(steps, spacing)
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
-        a, a_prev = sched.alpha_bar[t], sched.alpha_bar[t_prev]
+        a, a_prev = float(sched.alpha_bar_at(t)), float(sched.alpha_bar_at(t_prev))  # exact at integers (S6)
         s, s_prev = _sigma(a), _sigma(a_prev)
         x_tilde = x / np.sqrt(a)
         eps = _call(eps_fn, x, t)
@@ -132,6 +134,28 @@ def ode(eps_fn, sched, x_T, steps, method="euler", spacing="leading", return_pat
             x_new = np.sqrt(a_prev) * (x_tilde + (s_prev - s) * eps)
         x = _step_done(x_new.astype(x.dtype), t, eps, path, return_path, callback)
     return (x, np.stack(path)) if return_path else x
+
+
+def karras_times(sched, steps, rho=KARRAS_RHO):
+    """The real times of Karras et al.'s (2022, eq. 5) sigma grid from sigma(T) down to sigma(1) (eq. (D6)).
+
+    sigma_i = (sigma_max^(1/rho) + i / (steps - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+    i = 0..steps-1, mapped to t by ``Schedule.t_of_sigma`` (S6); the ends are exactly T and 1. The
+    steps shrink geometrically toward the data, so no step jumps across most of the sigma range,
+    which is what Heun's corrector needs (D5). Shape (steps,), decreasing floats.
+    """
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    s_max, s_min = float(sched.sigma_at(sched.T)), float(sched.sigma_at(1))
+    if not np.isfinite(s_max):
+        raise ValueError("spacing 'karras' needs alpha_bar_T > 0: sigma(T) is infinite")
+    frac = np.arange(steps) / max(steps - 1, 1)
+    sigmas = (s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    ts = np.clip(sched.t_of_sigma(np.minimum(sigmas, s_max)), 1.0, sched.T)
+    ts[0] = sched.T
+    if steps > 1:
+        ts[-1] = 1.0
+    return ts
 
 
 def ode_adaptive(eps_fn, sched, x_T, rtol=1e-6, atol=1e-8):
