@@ -17,6 +17,7 @@ from autograd import make_vjp
 from scipy.integrate import solve_ivp
 
 from .arrays import as_count, as_points, check_rng
+from .samplers import model_time
 
 LOG_2PI = np.log(2 * np.pi)
 DIVERGENCES = ("exact", "hutchinson")
@@ -80,11 +81,11 @@ def flow_to_prior(eps_fn, sched, x, probes=None, rtol=1e-6, atol=1e-8):
     """
     shape, T = x.shape, sched.T
     n = shape[0]
-    s_1, s_T = _sigma(sched.alpha_bar[1]), _sigma(sched.alpha_bar[T])
+    s_1, s_T = float(sched.sigma_at(1)), float(sched.sigma_at(T))
 
     def rhs(sigma, state):
         a = 1.0 / (1.0 + sigma ** 2)
-        t = float(np.clip(sched.t_of_sigma(min(sigma, s_T)), 1.0, T))
+        t = model_time(sched, sigma)
         xt = np.sqrt(a) * state[:-n].reshape(shape)  # x = sqrt(a) x~
         eps, div = eps_and_divergence(eps_fn, xt, np.full(n, t), probes)
         return np.concatenate([eps.reshape(-1), np.sqrt(a) * div])  # (E1): d/dsigma [x~, delta]
@@ -154,8 +155,3 @@ def _probes(divergence, rng, n_probes, shape):
         return None
     check_rng(rng)
     return rng.choice(np.array([-1.0, 1.0]), size=(n_probes, *shape))
-
-
-def _sigma(a):
-    """sigma = sqrt((1 - a) / a) of eq. (S6)."""
-    return np.sqrt((1.0 - a) / a)

@@ -123,7 +123,7 @@ def ode(eps_fn, sched, x_T, steps, method="euler", spacing="leading", return_pat
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         a, a_prev = float(sched.alpha_bar_at(t)), float(sched.alpha_bar_at(t_prev))  # exact at integers (S6)
-        s, s_prev = _sigma(a), _sigma(a_prev)
+        s, s_prev = float(sched.sigma_at(t)), float(sched.sigma_at(t_prev))
         x_tilde = x / np.sqrt(a)
         eps = _call(eps_fn, x, t)
         # (D4) Euler: x~' = x~ + (sigma_prev - sigma) eps, then x' = sqrt(a_prev) x~'
@@ -185,10 +185,10 @@ def ode_adaptive(eps_fn, sched, x_T, rtol=1e-6, atol=1e-8):
         raise ValueError("ode_adaptive needs alpha_bar_T > 0: sigma(T) is infinite")
     x = _start(x_T, None, needs_rng=False)
     shape, T = x.shape, sched.T
-    s_T, s_1 = _sigma(sched.alpha_bar[T]), _sigma(sched.alpha_bar[1])
+    s_T, s_1 = float(sched.sigma_at(T)), float(sched.sigma_at(1))
 
     def slope(sigma, x_tilde):  # dx~/dsigma = eps(x, t(sigma)) with x = x~ / sqrt(1 + sigma^2)
-        t = float(np.clip(sched.t_of_sigma(min(sigma, s_T)), 1.0, T))
+        t = model_time(sched, sigma)
         xt = (x_tilde.reshape(shape) / np.sqrt(1.0 + sigma ** 2)).astype(x.dtype)
         return np.asarray(eps_fn(xt, np.full(shape[0], t)), dtype=np.float64).reshape(-1)
 
@@ -202,9 +202,10 @@ def ode_adaptive(eps_fn, sched, x_T, rtol=1e-6, atol=1e-8):
     return (x_tilde.reshape(shape) - s_1 * _call(eps_fn, x1, 1)).astype(x.dtype)
 
 
-def _sigma(a):
-    """sigma = sqrt((1 - a) / a) of eq. (S6); 0 at a = 1."""
-    return np.sqrt((1.0 - a) / a)
+def model_time(sched, sigma):
+    """t(sigma) of (S6) for a model call inside an ODE solver: sigma capped at sigma(T) and t clipped
+    to [1, T] (models are defined for t >= 1), against the solver's and the bisection's round-off."""
+    return float(np.clip(sched.t_of_sigma(min(sigma, float(sched.sigma_at(sched.T)))), 1.0, sched.T))
 
 
 def _start(x_T, rng, needs_rng):
