@@ -143,34 +143,49 @@ def param_shapes(config):
     Computed from the config alone, so a checkpoint claiming a huge network is refused before
     anything that size is built.
     """
-    H, shapes = config.hidden, {}
+    H = config.hidden
     if config.arch == "mlp":
-        sizes = [config.in_features] + [H] * config.depth
-        for i in range(config.depth):
-            shapes[f"W{i}"], shapes[f"b{i}"] = (sizes[i], H), (H,)
-    else:
-        shapes.update(W_in=(config.dim, H), b_in=(H,), W_cond=(config.cond_features, config.depth * H),
-                      b_cond=(config.depth * H,))
-        for i in range(config.depth):
-            for half in "ab":
-                shapes[f"W{i}{half}"], shapes[f"b{i}{half}"] = (H, H), (H,)
+        return mlp_shapes(config.in_features, H, config.depth, config.out_features)
+    shapes = {"W_in": (config.dim, H), "b_in": (H,), "W_cond": (config.cond_features, config.depth * H),
+              "b_cond": (config.depth * H,)}
+    for i in range(config.depth):
+        for half in "ab":
+            shapes[f"W{i}{half}"], shapes[f"b{i}{half}"] = (H, H), (H,)
     shapes["W_out"], shapes["b_out"] = (H, config.out_features), (config.out_features,)
     return shapes
 
 
+def mlp_shapes(in_features, hidden, depth, out_features, prefix=""):
+    """The shapes of eq. (L2)'s plain MLP: W_i (fan_in, H), b_i (H,) for i < depth, fan_in =
+    in_features for i = 0, else H; then W_out (H, out_features), b_out; names start with ``prefix``."""
+    sizes, shapes = [in_features] + [hidden] * depth, {}
+    for i in range(depth):
+        shapes[f"{prefix}W{i}"], shapes[f"{prefix}b{i}"] = (sizes[i], hidden), (hidden,)
+    shapes[f"{prefix}W_out"], shapes[f"{prefix}b_out"] = (hidden, out_features), (out_features,)
+    return shapes
+
+
 def init_params(config, rng):
-    """Random parameters of the shapes ``param_shapes(config)``: weights W ~ N(0, 1 / fan_in),
-    except zeros for the output layer and the last layer of every residual block; biases zero.
+    """Random parameters of the shapes ``param_shapes(config)``, drawn by ``init_from_shapes``."""
+    return init_from_shapes(param_shapes(config), config.dtype, rng)
+
+
+def init_from_shapes(shapes, dtype, rng):
+    """Parameters {name: array of shape shapes[name]} of dtype ``dtype`` ("float32" or "float64"):
+    weights W ~ N(0, 1 / fan_in), except zeros for the output layer (a name ending in "W_out") and
+    the last layer of every residual block (a name ending in "b" after the W); biases zero.
 
     So an untrained denoiser predicts eps = 0, an untrained classifier the uniform distribution,
-    and every residual block starts as the identity: a neutral start.
+    and every residual block starts as the identity: a neutral start. Names may carry a prefix
+    ("image/W0") when one dict holds several networks.
     """
     check_rng(rng)
     params = {}
-    for name, shape in param_shapes(config).items():
-        random = name.startswith("W") and name != "W_out" and not name.endswith("b")
+    for name, shape in shapes.items():
+        leaf = name.rsplit("/", 1)[-1]
+        random = leaf.startswith("W") and leaf != "W_out" and not leaf.endswith("b")
         params[name] = rng.standard_normal(shape) / math.sqrt(shape[0]) if random else np.zeros(shape)
-    return {name: value.astype(DTYPES[config.dtype]) for name, value in params.items()}
+    return {name: value.astype(DTYPES[dtype]) for name, value in params.items()}
 
 
 def mlp(params, x, cond, depth):
