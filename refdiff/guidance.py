@@ -10,9 +10,11 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import grad
 from autograd.scipy.special import logsumexp
+from autograd.tracer import getval
 
 from .arrays import alpha_bar_of, as_points, as_times
 from .labels import NULL_LABEL, as_labels
+from .process import eps_to_x0
 
 
 def classifier_grad(logits_model, sched, y, scale):
@@ -38,7 +40,8 @@ def classifier_grad(logits_model, sched, y, scale):
     _check_schedule(logits_model, sched, "logits_model")
 
     def grad_fn(x, t):
-        x, t, labels = _guidance_inputs(x, t, y, sched)
+        x, t, _ = _guidance_inputs(x, t, None, sched)
+        labels = _target_labels(y, x.shape[0])
         return scale * grad(lambda z: _sum_log_softmax_at(logits_model(z, t), labels))(x)
     return grad_fn
 
@@ -62,14 +65,86 @@ def classifier_guidance(eps_model, logits_model, sched, y, scale, conditional=Fa
     eps_fn : callable (x (N, D), t) -> (N, D)
     """
     grad_fn = classifier_grad(logits_model, sched, y, scale)
+    return _shifted(eps_model, grad_fn, sched, y if conditional else None)
+
+
+def clip_guidance(eps_model, score_fn, sched, scale):
+    """eps_bar = eps(x_t, t) - sqrt(1 - alpha_bar_t) * scale * grad_x score(x_t, t), eq. (G13).
+
+    GLIDE's CLIP guidance (Nichol et al. 2022, Sec. 2.4) in the eps form of (G3): the score is a
+    noise-aware CLIP's logit exp(logit_scale) f(x_t, t) . g(c) (``clip.Clip.score_fn``, eq. (CL3)),
+    and eps is the unconditional prediction. Any score whose x-gradient is grad log p(c | x_t)
+    makes this classifier guidance (G4): the exact log-likelihood ratio log p(x_t | y) - log p(x_t)
+    of the oracle does (docs/clip.md).
+
+    Parameters
+    ----------
+    eps_model : callable (x, t, y=None) -> (N, D), evaluated unconditionally
+    score_fn : callable (x (N, D), t) -> (N,), differentiable by autograd in x
+    sched : Schedule; scale : finite float
+
+    Returns
+    -------
+    eps_fn : callable (x (N, D), t) -> (N, D)
+    """
+    scale = _finite(scale, "scale")
+
+    def grad_fn(x, t):
+        return scale * grad(lambda z: anp.sum(score_fn(z, t)))(x)
+    return _shifted(eps_model, grad_fn, sched)
+
+
+def clip_x0_guidance(eps_model, score_fn, sched, scale):
+    """eps_bar = eps - sqrt(1 - alpha_bar_t) * scale * grad_x score(x0_hat(x_t)), eq. (G14).
+
+    The clean-image variant: x0_hat(x_t) = (x_t - sqrt(1 - alpha_bar_t) eps(x_t, t)) / sqrt(alpha_bar_t)
+    (eq. (C1)) is scored by a CLIP trained on clean images only, and the gradient flows back
+    through the denoiser, as in Bansal et al.'s (2023) forward universal guidance. Each step costs
+    a backward pass through the denoiser; t must be an integer timestep.
+
+    Parameters
+    ----------
+    eps_model : callable (x, t, y=None) -> (N, D), differentiable by autograd in x
+    score_fn : callable (x0 (N, D)) -> (N,), differentiable by autograd
+    sched : Schedule; scale : finite float
+
+    Returns
+    -------
+    eps_fn : callable (x (N, D), t) -> (N, D)
+    """
+    scale = _finite(scale, "scale")
+    _check_schedule(eps_model, sched, "eps_model")
+
+    def eps_fn(x, t):
+        x = as_points(x, "x")
+        t = as_times(t, x.shape[0], sched.T)
+        kept = {}
+
+        def total_score(z):
+            eps = eps_model(z, t)
+            kept["eps"] = getval(eps)
+            return anp.sum(score_fn(eps_to_x0(sched, z, t, eps)))
+        g = grad(total_score)(x)
+        return kept["eps"] - _sigma(sched, t, x) * scale * g
+    return eps_fn
+
+
+def _shifted(eps_model, grad_fn, sched, y=None):
+    """eps_fn(x, t) = eps(x, t, y) - sqrt(1 - alpha_bar_t) grad_fn(x, t): the eps form of (G3) and (G13).
+
+    y None evaluates the denoiser unconditionally; otherwise at the target labels y.
+    """
     _check_schedule(eps_model, sched, "eps_model")
 
     def eps_fn(x, t):
         x, t, labels = _guidance_inputs(x, t, y, sched)
-        eps = eps_model(x, t, labels if conditional else None)
-        sigma = np.sqrt(1 - alpha_bar_of(sched, t)).reshape(-1, 1).astype(x.dtype)
-        return eps - sigma * grad_fn(x, t)
+        return eps_model(x, t, labels) - _sigma(sched, t, x) * grad_fn(x, t)
     return eps_fn
+
+
+def _sigma(sched, t, x):
+    """sqrt(1 - alpha_bar_t) as a column (N, 1) in the dtype of x."""
+    return np.sqrt(1 - alpha_bar_of(sched, t)).reshape(-1, 1).astype(x.dtype)
 
 
 def cfg_rule(cond, uncond, w):
@@ -162,9 +237,10 @@ def w_from_guidance_scale(guidance_scale):
 
 
 def _guidance_inputs(x, t, y, sched):
-    """x as (N, D); t as int64 (N,) in 1..T, or float64 in [1, T] if real; the target labels as int64 (N,)."""
+    """x as (N, D); t as int64 (N,) in 1..T, or float64 in [1, T] if real; the target labels as
+    int64 (N,), or None when y is None (the unconditional model)."""
     x = as_points(x, "x")
-    return x, as_times(t, x.shape[0], sched.T), _target_labels(y, x.shape[0])
+    return x, as_times(t, x.shape[0], sched.T), None if y is None else _target_labels(y, x.shape[0])
 
 
 def _sum_log_softmax_at(logits, labels):

@@ -83,7 +83,7 @@ def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=
     cast = DTYPES[dtype]
 
     def make_batch():
-        idx, xt, t, eps = _noised_batch(x0, sched, rng, batch, cast)
+        idx, xt, t, eps = noised_batch(x0, sched, rng, batch, cast)
         if y is None:
             y_index = np.full(batch, config.num_labels)
         else:
@@ -110,7 +110,7 @@ def train_classifier(x0, y, sched, rng, steps=1000, batch=1024, lr=2e-3, num_lab
     cast = DTYPES[dtype]
 
     def make_batch():
-        idx, xt, t, _ = _noised_batch(x0, sched, rng, batch, cast)
+        idx, xt, t, _ = noised_batch(x0, sched, rng, batch, cast)
         return xt, t, y[idx]
 
     params, history = fit(lambda p, *b: classifier_loss(p, config, *b), init_params(config, rng),
@@ -120,7 +120,7 @@ def train_classifier(x0, y, sched, rng, steps=1000, batch=1024, lr=2e-3, num_lab
     return model
 
 
-def _noised_batch(x0, sched, rng, batch, cast):
+def noised_batch(x0, sched, rng, batch, cast):
     """A minibatch: data rows idx, t ~ U{1..T}, eps ~ N(0, I) and x_t by (P1), in dtype ``cast``."""
     idx, t = rng.integers(0, len(x0), batch), rng.integers(1, sched.T + 1, batch)
     eps = rng.standard_normal((batch, x0.shape[1]))

@@ -82,6 +82,7 @@ _SHAPES = (
 )
 CLASS_NAMES = tuple(name for name, _, _ in _SHAPES)
 NUM_CLASSES = len(CLASS_NAMES)
+_BOXES = np.array([[box(t) for t in THICKNESSES] for _, box, _ in _SHAPES])  # (K, 2, 2): (h, w) per class, t
 
 
 def _build_bank():
@@ -227,6 +228,16 @@ def judge(x, min_score=MIN_SCORE, min_contrast=MIN_CONTRAST):
     (about 1 in 10^4 images), but its contrast c stays below 0.1, far under 0.5. Inverted images
     (dark strokes on white) correlate negatively, so they are NO_MATCH too.
     """
+    return judge_attributes(x, min_score, min_contrast)["label"]
+
+
+def judge_attributes(x, min_score=MIN_SCORE, min_contrast=MIN_CONTRAST):
+    """The attributes of the best-correlated template m* of each image, as ``judge`` picks it.
+
+    Parameters as ``judge``. Returns a dict of int64 arrays (N,): "label", "thickness", "row" and
+    "col" of m* (the attributes ``sample`` draws), each NO_MATCH (-1) where ``judge`` rejects the
+    image. ``judge(x)`` is this dict's "label".
+    """
     min_score = _as_threshold(min_score, "min_score")
     min_contrast = _as_threshold(min_contrast, "min_contrast")
     corr, norm = _correlations(x)  # (N, M), (N,)
@@ -237,7 +248,31 @@ def judge(x, min_score=MIN_SCORE, min_contrast=MIN_CONTRAST):
         reject |= score < min_score
     if min_contrast is not None:
         reject |= score * norm / _BANK_NORM[best] < min_contrast  # c < min_contrast
-    return np.where(reject, NO_MATCH, _ATTRS["label"][best])
+    return {key: np.where(reject, NO_MATCH, _ATTRS[key][best]) for key in ("label", "thickness", "row", "col")}
+
+
+def box_centre(y, thickness, row, col):
+    """The centre (row, column) of the shape's h x w box, in pixel coordinates 0..SIZE - 1.
+
+    centre = (row + (h - 1) / 2, col + (w - 1) / 2), with (h, w) the box of class y at that
+    thickness (module docstring); the image's own centre is ((SIZE - 1) / 2, (SIZE - 1) / 2) = (3.5, 3.5).
+    Every shape is symmetric about its box's centre, so this is also the centroid of its stroke.
+
+    Parameters
+    ----------
+    y, thickness, row, col : int arrays (N,), as ``sample(..., return_attributes=True)`` or
+        ``judge_attributes`` give them (no NO_MATCH entries)
+
+    Returns
+    -------
+    centre_row, centre_col : float64 arrays (N,)
+    """
+    y = as_labels(y, np.size(y), NUM_CLASSES, allow_null=False)
+    thickness = np.asarray(thickness)
+    if not np.all(np.isin(thickness, THICKNESSES)):
+        raise ValueError(f"thickness must hold values in {THICKNESSES}, got {np.unique(thickness)}")
+    h, w = _BOXES[y, thickness - 1].T  # (N,), (N,)
+    return np.asarray(row) + (h - 1) / 2, np.asarray(col) + (w - 1) / 2
 
 
 def _as_threshold(value, name):

@@ -1,0 +1,325 @@
+"""A toy CLIP: image and caption encoders trained with the symmetric InfoNCE loss (docs/clip.md).
+
+Radford et al. (2021) at toy size. The image encoder is the noisy classifier's network (eq. (L4))
+with `embed` outputs; the text encoder is an embedding bag (the mean of the caption's word
+embeddings) followed by an MLP. Both outputs are normalised to unit length, and a learned
+temperature scales their cosine into a logit (CL1). The noise-aware variant (GLIDE, Nichol et al.
+2022, Sec. 2.4) sees x_t and t, as a noisy classifier does; the clean one always sees t = 0.
+
+A caption is a string of vocabulary phrases, e.g. "thick vertical bar" for the tiny images
+(IMAGE_VOCAB: the class names, thin/thick, left/right, top/bottom) or "label 2" for 2D data
+(``label_vocab(K)``). Training captions are random parts of each image's full description, so
+short captions ("vertical bar") and combined ones ("thick vertical bar") both mean something.
+"""
+import math
+from dataclasses import dataclass
+
+import autograd.numpy as anp
+import numpy as np
+from autograd.scipy.special import logsumexp
+
+from toy_data import images
+
+from .arrays import as_points, as_times, check_rng
+from .labels import as_labels
+from .nn import DTYPES, MLPConfig, classifier_forward, init_from_shapes, mlp, mlp_shapes, param_shapes
+from .train import Progress, noised_batch, fit
+
+# The tiny images' words, in groups of which an image has at most one each (``image_words``).
+IMAGE_GROUPS = {"class": images.CLASS_NAMES, "thickness": ("thin", "thick"), "horizontal": ("left", "right"),
+                "vertical": ("top", "bottom")}
+IMAGE_VOCAB = sum(IMAGE_GROUPS.values(), ())
+CENTRE = (images.SIZE - 1) / 2  # the image's centre row and column; a box centred there has no position word
+MAX_LOGIT_SCALE = math.log(100.0)  # Radford et al. (2021), Sec. 2.5: exp(logit_scale) is clipped at 100
+INIT_LOGIT_SCALE = math.log(1 / 0.07)  # ... and starts at 1 / 0.07
+
+
+def label_vocab(num_labels):
+    """The vocabulary of labelled 2D data: "label 0", ..., "label K-1"."""
+    return tuple(f"label {k}" for k in range(num_labels))
+
+
+def image_words(y, attributes):
+    """Which IMAGE_VOCAB words describe each tiny image: bool (N, V).
+
+    Its class name; "thin" (thickness 1) or "thick" (2); "left" / "right" when the centre column
+    of its box (``images.box_centre``) is left / right of the image's centre 3.5, neither when it
+    is at 3.5; "top" / "bottom" likewise for the centre row.
+    """
+    centre_row, centre_col = images.box_centre(y, attributes["thickness"], attributes["row"], attributes["col"])
+    columns = {name: y == k for k, name in enumerate(images.CLASS_NAMES)}
+    columns.update(thin=attributes["thickness"] == 1, thick=attributes["thickness"] == 2,
+                   left=centre_col < CENTRE, right=centre_col > CENTRE, top=centre_row < CENTRE,
+                   bottom=centre_row > CENTRE)
+    return np.stack([columns[word] for word in IMAGE_VOCAB], axis=1)
+
+
+def tokenize(caption, vocab):
+    """The vocabulary indices of a caption's phrases, matched left to right, longest phrase first.
+
+    "thick vertical bar" -> [index of "thick", index of "vertical bar"]. A word that starts no
+    vocabulary phrase raises ValueError naming the caption.
+    """
+    if not isinstance(caption, str):
+        raise ValueError(f"caption must be a string, got {caption!r}")
+    words, tokens, i = caption.split(), [], 0
+    phrases = sorted(((tuple(p.split()), k) for k, p in enumerate(vocab)), key=lambda item: -len(item[0]))
+    while i < len(words):
+        match = next(((p, k) for p, k in phrases if tuple(words[i:i + len(p)]) == p), None)
+        if match is None:
+            raise ValueError(f"caption {caption!r}: {words[i]!r} is not in the vocabulary {vocab}")
+        tokens.append(match[1])
+        i += len(match[0])
+    if not tokens:
+        raise ValueError("caption must hold at least one word, got an empty string")
+    return tokens
+
+
+def bags(captions, vocab):
+    """The embedding-bag input of each caption: float64 (M, V), row m = mean of the one-hots of its tokens."""
+    if isinstance(captions, str):
+        captions = [captions]
+    out = np.zeros((len(captions), len(vocab)))
+    for m, caption in enumerate(captions):
+        np.add.at(out[m], tokenize(caption, vocab), 1.0)
+    return out / np.maximum(out.sum(axis=1, keepdims=True), 1.0)
+
+
+def partial_bags(words, rng, p_keep):
+    """Random training captions as bags (N, V): one of each row's words chosen uniformly, plus each
+    of its other words with probability p_keep; then divided by the count (``bags``)."""
+    words = np.asarray(words, dtype=bool)
+    if not words.any(axis=1).all():
+        raise ValueError("words must give every image at least one word")
+    first = np.argmax(rng.random(words.shape) * words, axis=1)  # a uniform choice among the row's words
+    kept = words & (rng.random(words.shape) < p_keep)
+    kept[np.arange(len(words)), first] = True
+    return kept / kept.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """A toy CLIP's shape: image dimension, vocabulary, embedding size and the two encoders."""
+    dim: int
+    vocab: tuple
+    embed: int = 32
+    hidden: int = 256
+    depth: int = 3
+    text_hidden: int = 64
+    text_depth: int = 1
+    t_embed: int = 32
+    arch: str = "mlp"
+    dtype: str = "float64"
+
+    def __post_init__(self):
+        if not (isinstance(self.vocab, tuple) and self.vocab and all(isinstance(w, str) and w.split() for w in self.vocab)):
+            raise ValueError(f"vocab must be a non-empty tuple of non-blank strings, got {self.vocab!r}")
+        if len(set(self.vocab)) != len(self.vocab):
+            raise ValueError(f"vocab must not repeat a phrase, got {self.vocab!r}")
+        for name in ("text_hidden", "text_depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.image  # MLPConfig checks the rest
+
+    @property
+    def image(self):
+        """The image encoder's network: a noisy classifier with ``embed`` outputs (eq. (L4))."""
+        return MLPConfig("classifier", self.dim, self.embed, self.hidden, self.depth, self.t_embed, self.dtype, self.arch)
+
+
+def init_clip(config, rng):
+    """Parameters "image/...", "text/..." and "logit_scale" (0-d, log(1 / 0.07)).
+
+    As ``nn.init_from_shapes``, except that both output layers are random too: a zero output
+    layer would make every feature 0, where normalising has no direction to follow.
+    """
+    check_rng(rng)
+    shapes = {"image/" + k: v for k, v in param_shapes(config.image).items()}
+    shapes.update(mlp_shapes(len(config.vocab), config.text_hidden, config.text_depth, config.embed, "text/"))
+    params = init_from_shapes(shapes, config.dtype, rng)
+    for name in ("image/W_out", "text/W_out"):
+        fan_in = shapes[name][0]
+        params[name] = (rng.standard_normal(shapes[name]) / math.sqrt(fan_in)).astype(DTYPES[config.dtype])
+    params["logit_scale"] = np.array(INIT_LOGIT_SCALE, dtype=DTYPES[config.dtype])
+    return params
+
+
+def _part(params, prefix):
+    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+
+
+def _unit(h):
+    """Rows scaled to unit length (a zero row stays 0)."""
+    return h / anp.sqrt(anp.sum(h * h, axis=1, keepdims=True) + 1e-30)
+
+
+def image_features(params, config, x, t):
+    """f(x_t, t): the image encoder's output, unit length; x (N, D), t int or real (N,) -> (N, E)."""
+    return _unit(classifier_forward(_part(params, "image/"), config.image, x, t))
+
+
+def text_features(params, config, bag):
+    """g(c): embedding bag (bag @ W0, the mean of the words' rows) then the MLP, unit length; (M, E)."""
+    empty = np.zeros((len(bag), 0), dtype=DTYPES[config.dtype])
+    return _unit(mlp(_part(params, "text/"), bag.astype(DTYPES[config.dtype]), empty, config.text_depth))
+
+
+def logit_scale(params):
+    """log of the inverse temperature, clipped at log 100 (Radford et al. 2021, Sec. 2.5)."""
+    return anp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)
+
+
+def info_nce(logits):
+    """The symmetric InfoNCE loss of an (N, N) logit matrix whose diagonal holds the pairs (CL2).
+
+    L = (1 / 2N) sum_n [logsumexp_m S_nm - S_nn] + (1 / 2N) sum_m [logsumexp_n S_nm - S_mm]:
+    cross-entropy of each image against the N captions and of each caption against the N images
+    (Radford et al. 2021, Fig. 3).
+    """
+    diag = anp.sum(anp.eye(logits.shape[0]) * logits, axis=1)
+    return 0.5 * (anp.mean(logsumexp(logits, axis=1) - diag) + anp.mean(logsumexp(logits, axis=0) - diag))
+
+
+def clip_loss(params, config, x, t, bag):
+    """(CL2) on S = exp(logit_scale) f(x_t, t) g(c)^T (CL1), for a batch of N pairs."""
+    scores = image_features(params, config, x, t) @ text_features(params, config, bag).T
+    return info_nce(anp.exp(logit_scale(params)) * scores)
+
+
+class Clip:
+    """A trained toy CLIP: parameters, config, and the Schedule if noise-aware (None if clean).
+
+    A noise-aware model's image encoder takes t in 1..sched.T; a clean one's always sees t = 0.
+    """
+
+    def __init__(self, params, config, sched=None):
+        self.params, self.config, self.sched = params, config, sched
+
+    @property
+    def noise_aware(self):
+        return self.sched is not None
+
+    @property
+    def temperature(self):
+        """tau = 1 / exp(logit_scale), the softmax temperature of (CL1)."""
+        return float(np.exp(-logit_scale(self.params)))
+
+    def image_features(self, x, t=None):
+        """f(x_t, t), unit rows (N, E); t is required (in 1..T) for a noise-aware model, refused for a clean one."""
+        x = as_points(x, "x", dim=self.config.dim)
+        if self.noise_aware == (t is None):
+            raise ValueError("t must be given for a noise-aware CLIP and omitted for a clean one, "
+                             f"got t = {t!r} for a {'noise-aware' if self.noise_aware else 'clean'} model")
+        t = as_times(t, x.shape[0], self.sched.T) if self.noise_aware else np.zeros(x.shape[0], np.int64)
+        return image_features(self.params, self.config, x.astype(DTYPES[self.config.dtype]), t)
+
+    def text_features(self, captions):
+        """g(c), unit rows (M, E), for a caption or a list of M captions."""
+        return text_features(self.params, self.config, bags(captions, self.config.vocab))
+
+    def logits(self, x, captions, t=None):
+        """exp(logit_scale) f(x_t, t) g(c_m)^T for every image and caption: (N, M), eq. (CL1)."""
+        return anp.exp(logit_scale(self.params)) * (self.image_features(x, t) @ self.text_features(captions).T)
+
+    def score_fn(self, captions):
+        """The guidance score of image n with caption n, eq. (CL3): a callable (x, t) -> (N,) for a
+        noise-aware model, x -> (N,) for a clean one, differentiable in x by autograd.
+
+        ``captions`` is one caption for every row, or a list with one per row.
+        """
+        text = self.text_features(captions)  # (1 or N, E), computed once
+
+        def score(x, t=None):
+            f = self.image_features(x, t)
+            if len(text) not in (1, f.shape[0]):
+                raise ValueError(f"captions must be one caption or one per row ({f.shape[0]}), got {len(text)}")
+            return anp.exp(logit_scale(self.params)) * anp.sum(f * text, axis=1)
+        if self.noise_aware:
+            return score
+        return lambda x: score(x)
+
+
+def train_clip(x, words, vocab, rng, sched=None, steps=2000, batch=256, lr=2e-3, p_keep=0.5, embed=32, hidden=256,
+               depth=3, arch="mlp", dtype="float32", ema=0.99, clip=1.0, verbose=True, on_step=None):
+    """Train a toy CLIP on images x (N, D) described by ``words`` (bool (N, V) over ``vocab``).
+
+    Each step draws a minibatch, a random caption for each image (``partial_bags``) and, if
+    ``sched`` is given (noise-aware), t ~ U{1..T} and x_t by (P1); then an Adam step on (CL2).
+
+    Returns
+    -------
+    Clip with the EMA weights and ``.history``, the loss per step. Chance level of (CL2) is log(batch).
+    """
+    x = as_points(x, "x").astype(np.float64)
+    words = np.asarray(words)
+    if words.dtype != bool or words.shape != (len(x), len(vocab)):
+        raise ValueError(f"words must be a bool array of shape ({len(x)}, {len(vocab)}), got {words.dtype} {words.shape}")
+    if not 0 <= p_keep <= 1:
+        raise ValueError(f"p_keep must be in [0, 1], got {p_keep}")
+    config = ClipConfig(x.shape[1], tuple(vocab), embed, hidden, depth, arch=arch, dtype=dtype)
+    cast = DTYPES[dtype]
+
+    def make_batch():
+        if sched is None:
+            idx = rng.integers(0, len(x), batch)
+            xt, t = x[idx].astype(cast), np.zeros(batch, np.int64)
+        else:
+            idx, xt, t, _ = noised_batch(x, sched, rng, batch, cast)
+        return xt, t, partial_bags(words[idx], rng, p_keep).astype(cast)
+
+    params, history = fit(lambda p, *b: clip_loss(p, config, *b), init_clip(config, rng), make_batch, steps, lr,
+                          ema, clip, Progress("clip", steps, verbose), on_step)
+    model = Clip(params, config, sched)
+    model.history = history
+    return model
+
+
+def zero_shot(model, x, captions, t=None):
+    """The index of the best caption for each image, argmax_m of (CL1): int64 (N,)."""
+    return np.argmax(model.logits(x, captions, t), axis=1)
+
+
+def zero_shot_accuracy(model, x, words, groups=IMAGE_GROUPS, t=None):
+    """Zero-shot accuracy for each word group: how often the best of the group's words is the image's own.
+
+    Only images with a word of the group count (a horizontally centred image has neither "left"
+    nor "right"). Returns {group: (accuracy, number of images counted)}.
+    """
+    vocab = model.config.vocab
+    out = {}
+    for group, group_words in groups.items():
+        columns = [vocab.index(w) for w in group_words]
+        own = np.asarray(words)[:, columns]  # (N, G)
+        has = own.any(axis=1)
+        pick = zero_shot(model, x[has], list(group_words), t if t is None or np.ndim(t) == 0 else t[has])
+        out[group] = (float(np.mean(own[has][np.arange(has.sum()), pick])), int(has.sum()))
+    return out
+
+
+def caption_match(x, caption):
+    """How often tiny images match each word group of a caption, by the rule-based judge.
+
+    The judge's best template (``images.judge_attributes``) gives each image its words
+    (``image_words``); for each group the caption names a word of ("class", "thickness",
+    "horizontal", "vertical"), the fraction of images whose word in that group is the caption's,
+    and under "all" the fraction that match every one. An image the judge rejects matches nothing.
+
+    Returns {group: fraction} for the caption's groups, and "all".
+    """
+    judged = images.judge_attributes(x)
+    ok = judged["label"] != images.NO_MATCH
+    words = np.zeros((len(ok), len(IMAGE_VOCAB)), dtype=bool)
+    if ok.any():
+        words[ok] = image_words(judged["label"][ok], {k: v[ok] for k, v in judged.items()})
+    wanted = tokenize(caption, IMAGE_VOCAB)
+    out, every = {}, ok.copy()
+    for group, group_words in IMAGE_GROUPS.items():
+        named = [k for k in wanted if IMAGE_VOCAB[k] in group_words]
+        if len(named) > 1:
+            raise ValueError(f"caption {caption!r} names two {group} words")
+        if named:
+            hit = words[:, named[0]]
+            out[group], every = float(hit.mean()), every & hit
+    out["all"] = float(every.mean())
+    return out
