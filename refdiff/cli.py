@@ -20,10 +20,11 @@ from .labels import NULL_LABEL
 from .metrics import class_spread, fidelity
 from .samplers import ddim, ddpm
 from .schedule import Schedule
-from .train import (CLASSIFIER_2D, CLASSIFIER_DEMO, DENOISER_2D, DENOISER_DEMO, budget, train_classifier,
-                    train_denoiser)
+from .train import (CLASSIFIER_2D, CLASSIFIER_DEMO, CLASSIFIER_IMAGES_SMALL, DENOISER_2D, DENOISER_DEMO,
+                    DENOISER_IMAGES_SMALL, budget, train_classifier, train_denoiser)
 
 GUIDANCE = ("none", "classifier", "cfg")
+IMAGES = "images"  # refdiff demo --data images: the tiny-image demo (demo_images.py)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,11 +68,18 @@ def build_parser():
     demo = sub.add_parser("demo", help="train a guided pair, sweep both guidance methods, write figures and metrics",
                           description="Train a denoiser (with label dropout) and a noisy classifier on 2D data, "
                                       "sample classifier guidance and CFG over a sweep of strengths, and write "
-                                      "figures, metrics.json and samples.npz to --out. About 20 s on 2 cores.")
+                                      "figures, metrics.json and samples.npz to --out. About 20 s on 2 cores. "
+                                      f"With --data {IMAGES}: on the tiny images, pixel CFG, classifier guidance, "
+                                      "CLIP guidance and latent CFG side by side, and captions steering the "
+                                      "unconditional model (a few minutes; guidance_grid.png, captions.png, "
+                                      "metrics.json).")
     demo.add_argument("--out", default="refdiff-demo", help="output folder (default refdiff-demo)")
-    _data_option(demo, "three_gaussians")
+    demo.add_argument("--data", default="three_gaussians",
+                      help="a toy data set name (see refdiff data), an .npz with arrays x and y, or "
+                           f"{IMAGES} for the tiny images (default three_gaussians)")
     _training_options(demo, DENOISER_DEMO, CLASSIFIER_DEMO)
-    demo.add_argument("--n-per-label", type=count, default=300, help="samples per label and strength (default 300)")
+    demo.add_argument("--n-per-label", type=count,
+                      help=f"samples per label and strength (default 300; 50 with --data {IMAGES})")
     demo.set_defaults(run=run_demo)
 
     train = sub.add_parser("train", help="train a denoiser and a noisy classifier and save them as checkpoints",
@@ -182,9 +190,15 @@ def run_data(args):
 
 
 def run_demo(args):
+    if args.data == IMAGES:
+        from . import demo_images
+        budgets = {**demo_images.BUDGETS, "denoiser": budget(DENOISER_IMAGES_SMALL, args.denoiser_steps),
+                   "classifier": budget(CLASSIFIER_IMAGES_SMALL, args.classifier_steps)}
+        demo_images.run(args.out, np.random.default_rng(args.seed), budgets, n_per_label=args.n_per_label or 50)
+        return 0
     from . import demo
     data = datasets.load(args.data, 20_000, np.random.default_rng(args.seed))
-    demo.run(data, args.out, np.random.default_rng(args.seed + 1), n_per_label=args.n_per_label,
+    demo.run(data, args.out, np.random.default_rng(args.seed + 1), n_per_label=args.n_per_label or 300,
              den_opts=budget(DENOISER_DEMO, args.denoiser_steps),
              clf_opts=budget(CLASSIFIER_DEMO, args.classifier_steps))
     return 0

@@ -88,6 +88,7 @@ def clip_guidance(eps_model, score_fn, sched, scale):
     eps_fn : callable (x (N, D), t) -> (N, D)
     """
     scale = _finite(scale, "scale")
+    _check_score(score_fn, sched, noise_aware=True)
 
     def grad_fn(x, t):
         return scale * grad(lambda z: anp.sum(score_fn(z, t)))(x)
@@ -114,6 +115,7 @@ def clip_x0_guidance(eps_model, score_fn, sched, scale):
     """
     scale = _finite(scale, "scale")
     _check_schedule(eps_model, sched, "eps_model")
+    _check_score(score_fn, sched, noise_aware=False)
 
     def eps_fn(x, t):
         x = as_points(x, "x")
@@ -264,6 +266,18 @@ def _check_schedule(model, sched, name):
     own = getattr(model, "sched", None)
     if own is not None and not np.array_equal(own.betas, sched.betas):
         raise ValueError(f"{name} was trained with a different schedule (T = {own.T}) from sched (T = {sched.T})")
+
+
+def _check_score(score_fn, sched, noise_aware):
+    """A CLIP score (``Clip.score_fn``) carries its model's kind and Schedule: (G13) needs a
+    noise-aware one trained with ``sched``, (G14) a clean one. Plain callables pass unchecked."""
+    kind = getattr(score_fn, "noise_aware", noise_aware)
+    if kind != noise_aware:
+        want, got = ("noise-aware", "clean") if noise_aware else ("clean", "noise-aware")
+        raise ValueError(f"score_fn must be a {want} CLIP's score here, got a {got} one "
+                         f"(clip_guidance takes noise-aware scores, clip_x0_guidance clean ones)")
+    if noise_aware:
+        _check_schedule(score_fn, sched, "score_fn")
 
 
 def _finite(value, name):

@@ -165,6 +165,12 @@ def mlp_shapes(in_features, hidden, depth, out_features, prefix=""):
     return shapes
 
 
+def subnet(params, prefix):
+    """The parameters of one network of several in one flat dict: the names that start with
+    ``prefix`` ("image/"), with the prefix removed. Works on autograd's boxes too."""
+    return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+
+
 def init_params(config, rng):
     """Random parameters of the shapes ``param_shapes(config)``, drawn by ``init_from_shapes``."""
     return init_from_shapes(param_shapes(config), config.dtype, rng)
@@ -189,8 +195,9 @@ def init_from_shapes(shapes, dtype, rng):
 
 
 def mlp(params, x, cond, depth):
-    """h_0 = [x, cond]; depth layers h <- SiLU(h W_i + b_i); then h W_out + b_out (eq. (L2))."""
-    h = anp.concatenate([x, cond], axis=1)
+    """h_0 = [x, cond] (x alone if cond is None); depth layers h <- SiLU(h W_i + b_i); then
+    h W_out + b_out (eq. (L2))."""
+    h = x if cond is None else anp.concatenate([x, cond], axis=1)
     for i in range(depth):
         h = silu(dense(h, params[f"W{i}"], params[f"b{i}"]))
     return dense(h, params["W_out"], params["b_out"])

@@ -836,3 +836,34 @@ def test_theory_table():
     assert theory.ode_limit(1.0, 0.5, 1.0)[1] == 0.5 ** 2
     assert theory.sde_limit(1.0, 0.5, 1.0)[1] == pytest.approx(0.5 * (0.5 ** 3 - 1) / (0.5 - 1) / 3, rel=1e-12)
     assert theory.tilted(1.0, 0.5, 1.0)[1] == pytest.approx(0.5 / (1 + 1 - 0.5), rel=1e-12)
+
+
+# ---- docs/clip.md ---------------------------------------------------------------------------------
+
+@given(st.floats(-5, 5), st.floats(1e-2, 1e2), st.integers(1, 999), st.floats(-3, 3), seeds)
+def test_clip_md_G14_gaussian_gradient(mu, v, t, c, seed):
+    """docs/clip.md, (G14) for Gaussian data N(mu, v I): the exact eps is affine with
+    J = sqrt(1 - a) / (a v + 1 - a) I, and the x0-prediction gradient of the linear score c . x0 is
+    sqrt(a) v c / (a v + 1 - a); clip_x0_guidance must subtract sqrt(1 - a) s times exactly that."""
+    from refdiff.guidance import clip_x0_guidance
+    sched = Schedule.linear(1000)
+    a = sched.alpha_bar[t]
+    x = np.random.default_rng(seed).normal(size=(4, 3)) * 3
+
+    def eps_model(z, tt, y=None):  # the exact eps of N(mu, v I) noised to level a, affine in z
+        return np.sqrt(1 - a) * (z - np.sqrt(a) * mu) / (a * v + 1 - a)
+    s = 2.5
+    guided = clip_x0_guidance(eps_model, lambda x0: c * anp.sum(x0, axis=1), sched, s)(x, t)
+    expected_grad = np.sqrt(a) * v * c / (a * v + 1 - a)
+    close(guided, eps_model(x, t) - np.sqrt(1 - a) * s * expected_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_clip_md_info_nce_chance_and_gradient():
+    """docs/clip.md, (CL2): equal logits give L = log N, and dL/dS = (P_row - I)/2N + (P_col - I)/2N
+    at a random S (autograd against the printed closed form)."""
+    from refdiff.clip import info_nce
+    close(info_nce(np.full((5, 5), 3.7)), np.log(5))
+    S = np.random.default_rng(0).normal(size=(6, 6)) * 4
+    rows = np.exp(S - S.max(1, keepdims=True)); rows /= rows.sum(1, keepdims=True)
+    cols = np.exp(S - S.max(0, keepdims=True)); cols /= cols.sum(0, keepdims=True)
+    close(grad(info_nce)(S), (rows - np.eye(6)) / 12 + (cols - np.eye(6)) / 12)

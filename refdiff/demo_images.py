@@ -1,0 +1,211 @@
+"""``refdiff demo --data images``: four guidance methods on the tiny images, side by side.
+
+Steps (each printed as it runs):
+1. draw 20,000 tiny images with their attributes and train, on the small budgets: the pixel
+   denoiser (label dropout) and noisy classifier (train.*_IMAGES_SMALL), a noise-aware and a clean
+   toy CLIP (clip.CLIP_*_IMAGES), the autoencoder and the latent denoiser (latent.*_IMAGES);
+2. measure the CLIPs' zero-shot accuracy and the autoencoder's reconstructions on held-out images;
+3. sample every method over the strengths ``ws`` with DDPM-100, n_per_label samples per class:
+   pixel CFG with weight w, classifier guidance and CLIP guidance (caption = the class name) at
+   scale s = 1 + w on the unconditional branch, and latent CFG with weight w, decoded; judge them;
+4. steer the unconditional branch with captions that combine attributes (CAPTIONS), by both CLIP
+   rules (G13, G14) over the scales, and count how often each attribute is matched;
+5. write ``metrics.json``, ``samples.npz`` (the sweep's images, by method and w, and the labels),
+   ``guidance_grid.png`` and ``captions.png`` to the output folder.
+"""
+import json
+import os
+import time
+
+import numpy as np
+
+from toy_data import images
+
+from . import clip, latent, plot
+from .checkpoint import save_npz_atomic
+from .demo import save_figure
+from .guidance import classifier_free_guidance, classifier_guidance, clip_guidance, clip_x0_guidance
+from .samplers import ddpm
+from .schedule import Schedule
+from .sweep import image_measures
+from .train import CLASSIFIER_IMAGES_SMALL, DENOISER_IMAGES_SMALL, train_classifier, train_denoiser
+
+WS = (0.0, 1.0, 3.0, 6.0)
+METHODS = ("cfg", "classifier", "clip", "latent_cfg")
+METHOD_NAMES = {"cfg": "pixel CFG\n(weight w)", "classifier": "classifier guidance\n(s = 1 + w)",
+                "clip": "CLIP guidance, class name\n(s = 1 + w)", "latent_cfg": "latent CFG\n(weight w)"}
+CAPTIONS = ("thick vertical bar", "left vertical bar", "thin horizontal bar", "thick top horizontal bar")
+# The training budget of every model, in training order (the latent denoiser needs the autoencoder).
+BUDGETS = {"denoiser": DENOISER_IMAGES_SMALL, "classifier": CLASSIFIER_IMAGES_SMALL,
+           "clip_noise_aware": clip.CLIP_NOISE_AWARE_IMAGES, "clip_clean": clip.CLIP_CLEAN_IMAGES,
+           "autoencoder": latent.AUTOENCODER_IMAGES, "latent_denoiser": latent.LATENT_DENOISER_IMAGES}
+LABEL_INCHES = 1.8  # the figures' left margin, for the row labels
+STEPS = 100  # DDPM steps: at the small budget DDIM-50 leaves noise the judge rejects (docs/guidance.md)
+
+
+def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say=print):
+    """Train, sample, measure and draw; returns the metrics dict also written to metrics.json.
+
+    Parameters
+    ----------
+    out_dir : folder for the outputs (created if missing)
+    rng : numpy.random.Generator, the only randomness
+    budgets : {model name: training options}, the keys of BUDGETS
+    ws : strengths w; n_per_label : samples per class and strength; n_caption : samples per caption and scale
+    say : callable(str) told of each step
+    """
+    if set(budgets) != set(BUDGETS):
+        raise ValueError(f"budgets must name exactly {sorted(BUDGETS)}, got {sorted(budgets)}")
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.perf_counter()
+    models, metrics = _train(rng, budgets, say)
+    sched = models["sched"]
+    x_test, y_test, attrs = images.sample(2000, rng, return_attributes=True)
+    words = clip.image_words(y_test, attrs)
+    metrics["zero_shot"] = {name: clip.zero_shot_accuracy(models[name], x_test, words, t=t)
+                            for name, t in (("clip_clean", None), ("clip_noise_aware", 1))}
+    ae = models["autoencoder"]
+    recon = ae.decode(ae.encode(x_test))
+    metrics["autoencoder"] = {"latent": ae.config.latent, "scale": float(ae.scale),
+                              "mse": float(np.mean((recon - x_test) ** 2)),
+                              "judged_reconstructions": float(np.mean(images.judge(recon) == y_test))}
+    y = np.arange(n_per_label * images.NUM_CLASSES) % images.NUM_CLASSES
+    say(f"sampling {len(y)} images for each of {len(METHODS)} methods x {len(ws)} strengths (DDPM-{STEPS})")
+    metrics["rows"], samples = _sweep(models, sched, y, ws, rng)
+    say(f"steering the unconditional model with {len(CAPTIONS)} captions, both CLIP rules")
+    metrics["captions"], caption_samples = _captions(models, sched, ws, n_caption, rng)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    save_npz_atomic(os.path.join(out_dir, "samples.npz"), y=y,
+                    **{f"{method}_w{w:g}": x for (method, w), x in samples.items()})
+    say("drawing the figures")
+    _figures(out_dir, samples, caption_samples, y, ws)
+    say(format_rows(metrics["rows"]))
+    say(f"wrote metrics.json, samples.npz, guidance_grid.png and captions.png to {out_dir} "
+        f"({time.perf_counter() - start:.0f} s)")
+    return metrics
+
+
+def _train(rng, budgets, say):
+    """Every model of the demo, in the order of BUDGETS, and the seconds each took to train."""
+    sched = Schedule.linear(1000)
+    x, y, attrs = images.sample(20_000, rng, return_attributes=True)
+    words, K = clip.image_words(y, attrs), images.NUM_CLASSES
+    jobs = {
+        "denoiser": lambda opts: train_denoiser(x, y, sched, rng, num_labels=K, verbose=False, **opts),
+        "classifier": lambda opts: train_classifier(x, y, sched, rng, num_labels=K, verbose=False, **opts),
+        "clip_noise_aware": lambda opts: clip.train_clip(x, words, clip.IMAGE_VOCAB, rng, sched=sched,
+                                                         verbose=False, **opts),
+        "clip_clean": lambda opts: clip.train_clip(x, words, clip.IMAGE_VOCAB, rng, verbose=False, **opts),
+        "autoencoder": lambda opts: latent.train_autoencoder(x, rng, verbose=False, **opts),
+        "latent_denoiser": lambda opts: latent.train_latent_denoiser(models["autoencoder"], x, y, sched, rng,
+                                                                     num_labels=K, verbose=False, **opts),
+    }
+    models, seconds = {"sched": sched}, {}
+    for name in BUDGETS:
+        say(f"training the {name.replace('_', ' ')} ({budgets[name]['steps']} steps)")
+        begin = time.perf_counter()
+        models[name] = jobs[name](budgets[name])
+        seconds[name] = time.perf_counter() - begin
+    return models, {"data": "images", "train_seconds": seconds}
+
+
+def guided_eps_fn(method, w, models, sched, y):
+    """The eps_fn of one method at strength w. ``latent_cfg`` runs in the autoencoder's latent space."""
+    den = models["denoiser"]
+    if method == "cfg":
+        return classifier_free_guidance(den, y, w)
+    if method == "classifier":
+        return classifier_guidance(den, models["classifier"], sched, y, 1.0 + w)
+    if method == "clip":
+        captions = [images.CLASS_NAMES[k] for k in y]
+        return clip_guidance(den, models["clip_noise_aware"].score_fn(captions), sched, 1.0 + w)
+    if method == "latent_cfg":
+        return classifier_free_guidance(models["latent_denoiser"], y, w)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def _sweep(models, sched, y, ws, rng):
+    """DDPM-100 samples of every method and strength from one x_T (one z_T in latent space) and one
+    noise seed, judged; rows carry the wall-clock seconds per sample, decoding included."""
+    ae = models["autoencoder"]
+    starts = {False: rng.standard_normal((len(y), images.SIZE ** 2)),
+              True: rng.standard_normal((len(y), ae.config.latent))}
+    seed = int(rng.integers(2 ** 31))
+    rows, samples = [], {}
+    for method in METHODS:
+        in_latent = method == "latent_cfg"
+        for w in ws:
+            begin = time.perf_counter()
+            x = ddpm(guided_eps_fn(method, w, models, sched, y), sched, starts[in_latent],
+                     np.random.default_rng(seed), steps=STEPS)
+            if in_latent:
+                x = ae.decode(x)
+            seconds = (time.perf_counter() - begin) / len(y)
+            samples[method, w] = x
+            rows.append({"method": method, "w": float(w), "scale": 1.0 + float(w) if method in ("classifier", "clip")
+                         else float(w), **image_measures(x, y), "seconds_per_sample": seconds})
+    return rows, samples
+
+
+def _captions(models, sched, ws, n, rng):
+    """Both CLIP rules on the unconditional branch for each caption and scale s = 1 + w (and s = 0):
+    how often the samples match each of the caption's attributes (clip.caption_match)."""
+    den = models["denoiser"]
+    x_T, seed = rng.standard_normal((n, images.SIZE ** 2)), int(rng.integers(2 ** 31))
+    rules = {"noise_aware": lambda caption, s: clip_guidance(den, models["clip_noise_aware"].score_fn(caption),
+                                                             sched, s),
+             "x0": lambda caption, s: clip_x0_guidance(den, models["clip_clean"].score_fn(caption), sched, s)}
+    rows, samples = [], {}
+    for caption in CAPTIONS:
+        for rule, make in rules.items():
+            for s in (0.0,) + tuple(1.0 + w for w in ws):
+                x = ddpm(make(caption, s), sched, x_T, np.random.default_rng(seed), steps=STEPS)
+                samples[caption, rule, s] = x
+                rows.append({"caption": caption, "rule": rule, "scale": s, **clip.caption_match(x, caption)})
+    return rows, samples
+
+
+def format_rows(rows):
+    """The judged accuracy of every method and strength as a text table (methods as columns)."""
+    ws = sorted({r["w"] for r in rows})
+    cell = {(r["method"], r["w"]): r for r in rows}
+    lines = [f"{'w':>5s} " + " ".join(f"{m:>14s}" for m in METHODS)]
+    for w in ws:
+        lines.append(f"{w:5.1f} " + " ".join(f"{cell[m, w]['judged']:8.3f}±{cell[m, w]['judged_se']:.3f}"
+                                             for m in METHODS))
+    return "judged accuracy (± binomial SE)\n" + "\n".join(lines)
+
+
+def _figures(out_dir, samples, caption_samples, y, ws):
+    """guidance_grid.png: methods x strengths, two samples of each class per cell (one if that is all
+    there is); captions.png:
+    caption and rule x scale, 14 samples per cell."""
+    per_class = min(2, len(y) // images.NUM_CLASSES)
+    pick = np.concatenate([[np.flatnonzero(y == k)[i] for k in range(images.NUM_CLASSES)] for i in range(per_class)])
+    cells = {(METHOD_NAMES[m], f"w = {w:g}"): samples[m, w][pick] for m in METHODS for w in ws}
+    _tiled(cells, os.path.join(out_dir, "guidance_grid.png"))
+    cells = {(f'"{caption}"\n{rule}', f"s = {s:g}"): x[:14] for (caption, rule, s), x in caption_samples.items()}
+    _tiled(cells, os.path.join(out_dir, "captions.png"))
+
+
+def _tiled(cells, path):
+    """One image grid (7 columns) per cell {(row label, column label): images}, rows and columns
+    in the order they first occur, labels on the left and on top."""
+    from matplotlib.figure import Figure
+
+    rows = list(dict.fromkeys(r for r, _ in cells))
+    cols = list(dict.fromkeys(c for _, c in cells))
+    width = LABEL_INCHES + 2.0 * len(cols)
+    fig = Figure(figsize=(width, 0.3 + 0.62 * len(rows)))
+    axes = fig.subplots(len(rows), len(cols), squeeze=False,
+                        gridspec_kw={"left": LABEL_INCHES / width, "right": 0.99, "top": 0.95,
+                                     "bottom": 0.01, "wspace": 0.05, "hspace": 0.08})
+    for (row, col), x in cells.items():
+        ax = axes[rows.index(row), cols.index(col)]
+        plot.image_grid(ax, x, ncols=images.NUM_CLASSES)
+        if rows.index(row) == 0:
+            ax.set_title(col, fontsize=8)
+        if cols.index(col) == 0:
+            ax.text(-0.04, 0.5, row, transform=ax.transAxes, ha="right", va="center", fontsize=7)
+    save_figure(fig, path)

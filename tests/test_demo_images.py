@@ -1,0 +1,93 @@
+"""``refdiff demo --data images`` (refdiff/demo_images.py), on budgets of 20 training steps.
+
+The models are useless at this size; the tests check the plumbing: every output is written,
+metrics.json describes the samples in samples.npz, and mistakes are refused by name. What the
+demo measures at its real budgets is in docs/clip.md and docs/latent.md.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from refdiff import demo_images
+from refdiff.cli import main
+from refdiff.sweep import image_measures
+from toy_data import images
+
+TINY = {name: {**opts, "steps": 20} for name, opts in demo_images.BUDGETS.items()}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("images_demo")
+    metrics = demo_images.run(str(out), np.random.default_rng(0), TINY, ws=(0.0, 3.0), n_per_label=2, n_caption=3,
+                              say=lambda line: None)
+    return out, metrics
+
+
+def test_every_output_is_written_and_no_temporary_file_is_left(demo):
+    out, _ = demo
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "samples.npz", "guidance_grid.png", "captions.png"}
+    for name in ("guidance_grid.png", "captions.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_describe_the_saved_samples(demo):
+    out, returned = demo
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(returned))  # the file is what run returned
+    assert set(metrics["train_seconds"]) == set(demo_images.BUDGETS)
+    rows = metrics["rows"]
+    assert [(r["method"], r["w"]) for r in rows] == [(m, w) for m in demo_images.METHODS for w in (0.0, 3.0)]
+    with np.load(out / "samples.npz", allow_pickle=False) as f:
+        y = f["y"]
+        assert np.array_equal(y, np.arange(14) % images.NUM_CLASSES)
+        for r in rows:
+            x = f[f"{r['method']}_w{r['w']:g}"]
+            assert x.shape == (14, 64)
+            recomputed = image_measures(x, y)  # the judge applied again to the saved images
+            assert r["judged"] == recomputed["judged"] and r["no_match"] == recomputed["no_match"]
+            assert r["seconds_per_sample"] > 0
+            assert r["scale"] == (1 + r["w"] if r["method"] in ("classifier", "clip") else r["w"])
+
+
+def test_caption_rows_cover_every_caption_rule_and_scale(demo):
+    _, metrics = demo
+    keys = [(r["caption"], r["rule"], r["scale"]) for r in metrics["captions"]]
+    assert keys == [(c, rule, s) for c in demo_images.CAPTIONS for rule in ("noise_aware", "x0")
+                    for s in (0.0, 1.0, 4.0)]
+    for r in metrics["captions"]:
+        assert 0 <= r["all"] <= min(v for k, v in r.items() if k not in ("caption", "rule", "scale"))
+
+
+def test_zero_shot_and_autoencoder_figures_are_recorded(demo):
+    _, metrics = demo
+    for name in ("clip_clean", "clip_noise_aware"):
+        assert set(metrics["zero_shot"][name]) == {"class", "thickness", "horizontal", "vertical"}
+        for accuracy, count in metrics["zero_shot"][name].values():
+            assert 0 <= accuracy <= 1 and 0 < count <= 2000
+    ae = metrics["autoencoder"]
+    assert ae["latent"] == 8 and ae["mse"] > 0 and ae["scale"] > 0 and 0 <= ae["judged_reconstructions"] <= 1
+
+
+def test_the_table_names_every_method(demo):
+    _, metrics = demo
+    table = demo_images.format_rows(metrics["rows"])
+    assert all(method in table for method in demo_images.METHODS) and len(table.splitlines()) == 2 + 2
+
+
+def test_bad_budgets_and_methods_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match=r"^budgets must name exactly"):
+        demo_images.run(str(tmp_path), np.random.default_rng(0), {"denoiser": {}})
+    with pytest.raises(ValueError, match=r"^method must be one of"):
+        demo_images.guided_eps_fn("dalle", 1.0, {"denoiser": None}, None, np.zeros(2, int))
+
+
+def test_the_command_line_runs_the_images_demo(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo_images, "BUDGETS", TINY)
+    monkeypatch.setattr(demo_images, "CAPTIONS", demo_images.CAPTIONS[:1])
+    assert main(["demo", "--data", "images", "--out", str(tmp_path / "d"), "--n-per-label", "1",
+                 "--denoiser-steps", "20", "--classifier-steps", "20"]) == 0
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert metrics["data"] == "images" and len(metrics["rows"]) == len(demo_images.METHODS) * len(demo_images.WS)
+    assert "judged accuracy" in capsys.readouterr().out
