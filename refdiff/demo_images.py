@@ -34,6 +34,7 @@ WS = (0.0, 1.0, 3.0, 6.0)
 METHODS = ("cfg", "classifier", "clip", "latent_cfg")
 METHOD_NAMES = {"cfg": "pixel CFG\n(weight w)", "classifier": "classifier guidance\n(s = 1 + w)",
                 "clip": "CLIP guidance, class name\n(s = 1 + w)", "latent_cfg": "latent CFG\n(weight w)"}
+RULE_NAMES = {"noise_aware": "noise-aware CLIP at x_t (G13)", "x0": "clean CLIP at x0_hat (G14)"}
 CAPTIONS = ("thick vertical bar", "left vertical bar", "thin horizontal bar", "thick top horizontal bar")
 # The training budget of every model, in training order (the latent denoiser needs the autoencoder).
 BUDGETS = {"denoiser": DENOISER_IMAGES_SMALL, "classifier": CLASSIFIER_IMAGES_SMALL,
@@ -87,7 +88,8 @@ def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say
 
 
 def _train(rng, budgets, say):
-    """Every model of the demo, in the order of BUDGETS, and the seconds each took to train."""
+    """Every model of the demo, in the order of BUDGETS, the seconds each took to train and its
+    training loss (the mean over its last 100 steps)."""
     sched = Schedule.linear(1000)
     x, y, attrs = images.sample(20_000, rng, return_attributes=True)
     words, K = clip.image_words(y, attrs), images.NUM_CLASSES
@@ -101,13 +103,14 @@ def _train(rng, budgets, say):
         "latent_denoiser": lambda opts: latent.train_latent_denoiser(models["autoencoder"], x, y, sched, rng,
                                                                      num_labels=K, verbose=False, **opts),
     }
-    models, seconds = {"sched": sched}, {}
+    models, seconds, losses = {"sched": sched}, {}, {}
     for name in BUDGETS:
         say(f"training the {name.replace('_', ' ')} ({budgets[name]['steps']} steps)")
         begin = time.perf_counter()
         models[name] = jobs[name](budgets[name])
         seconds[name] = time.perf_counter() - begin
-    return models, {"data": "images", "train_seconds": seconds}
+        losses[name] = float(np.mean(models[name].history[-100:]))
+    return models, {"data": "images", "train_seconds": seconds, "final_loss": losses}
 
 
 def guided_eps_fn(method, w, models, sched, y):
@@ -185,7 +188,8 @@ def _figures(out_dir, samples, caption_samples, y, ws):
     pick = np.concatenate([[np.flatnonzero(y == k)[i] for k in range(images.NUM_CLASSES)] for i in range(per_class)])
     cells = {(METHOD_NAMES[m], f"w = {w:g}"): samples[m, w][pick] for m in METHODS for w in ws}
     _tiled(cells, os.path.join(out_dir, "guidance_grid.png"))
-    cells = {(f'"{caption}"\n{rule}', f"s = {s:g}"): x[:14] for (caption, rule, s), x in caption_samples.items()}
+    cells = {(f'"{caption}"\n{RULE_NAMES[rule]}', f"s = {s:g}"): x[:14]
+             for (caption, rule, s), x in caption_samples.items()}
     _tiled(cells, os.path.join(out_dir, "captions.png"))
 
 

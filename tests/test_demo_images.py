@@ -36,7 +36,7 @@ def test_metrics_describe_the_saved_samples(demo):
     out, returned = demo
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(returned))  # the file is what run returned
-    assert set(metrics["train_seconds"]) == set(demo_images.BUDGETS)
+    assert set(metrics["train_seconds"]) == set(metrics["final_loss"]) == set(demo_images.BUDGETS)
     rows = metrics["rows"]
     assert [(r["method"], r["w"]) for r in rows] == [(m, w) for m in demo_images.METHODS for w in (0.0, 3.0)]
     with np.load(out / "samples.npz", allow_pickle=False) as f:
