@@ -302,6 +302,21 @@ def check_g7(rng):
     return err, _oracle_tolerance()
 
 
+def check_g13(rng):
+    # CLIP guidance with the exact log-likelihood ratio as its score (docs/clip.md): the ratio's
+    # gradient is grad log p(y | x_t), so the rule is classifier guidance at the same scale.
+    err = 0.0
+    for gm, sched, x, t, y in _oracle_cases(rng):
+        model, s = gm.eps_model(sched), rng.uniform(-1, 8)
+
+        def ratio(z, tt):
+            return gm.log_prob_noised(z, sched.alpha_bar[tt], y) - gm.log_prob_noised(z, sched.alpha_bar[tt])
+        clip = guidance.clip_guidance(model, ratio, sched, s)(x, t)
+        cg = guidance.classifier_guidance(model, gm.classifier(sched), sched, y, s)(x, t)
+        err = max(err, _ratio(clip - cg, (1 + 2 * abs(s)) * _eps_size(gm, x, sched.alpha_bar[t])))
+    return err, _oracle_tolerance()
+
+
 def check_g8(rng):
     # Each map is A + B eps; both sides add (1 + 2|w|)-weighted terms of size |A| + |B| (|cond| + |uncond|).
     err = 0.0
@@ -375,6 +390,7 @@ CHECKS = (
     Check("G7", "conditional classifier guidance(s) = CFG(w = s)", check_g7),
     Check("G8", "CFG commutes with eps -> x0, score, v", check_g8),
     Check("G10", "eps form moves the DDPM mean by beta / sqrt(alpha) g", check_g10),
+    Check("G13", "CLIP guidance(log p(x_t | y) / p(x_t)) = classifier guidance", check_g13),
     Check("T2/T3", "DDIM/DDPM with CFG output (T2)/(T3), in SE", check_t2_t3),
     Check("T5/T6", "every-step DDIM/DDPM near the ODE/SDE laws", check_t5_t6),
 )

@@ -13,7 +13,7 @@ from refdiff.verify import CHECKS, Result, format_results, run_checks
 
 ORIGINAL = {name: getattr(process, name) for name in ("q_posterior", "eps_to_x0", "x0_to_eps", "eps_to_score")}
 CFG_RULE, CLASSIFIER_GRAD = guidance.cfg_rule, guidance.classifier_grad
-CLASSIFIER_GUIDANCE = guidance.classifier_guidance
+CLASSIFIER_GUIDANCE, CLIP_GUIDANCE = guidance.classifier_guidance, guidance.clip_guidance
 SCORE, LOG_CLASSIFIER, POST_INIT = GaussianMixture.score, GaussianMixture.log_classifier, Schedule.__post_init__
 
 
@@ -129,6 +129,10 @@ def negated_classifier_grad(*args):
     return scaled(CLASSIFIER_GRAD(*args), -1.0)  # Errata 4: the sign
 
 
+def clip_guidance_with_the_sign_flipped(eps_model, score_fn, sched, scale):
+    return CLIP_GUIDANCE(eps_model, score_fn, sched, -scale)  # Errata 4 of guidance.md, for CLIP
+
+
 def cfg_with_w_plus_1(cond, uncond, w):
     return CFG_RULE(cond, uncond, w + 1)
 
@@ -186,6 +190,8 @@ MUTATIONS = [
     ("G10", "p_mean with sqrt(alpha_bar) for sqrt(alpha)", process, "p_mean", p_mean_with_alpha_bar),
     ("G10", "eps form with sqrt(beta) for sqrt(1 - a)", guidance, "classifier_guidance",
      classifier_guidance_with_sqrt_beta),
+    ("G13", "CLIP guidance with the sign of its gradient flipped", guidance, "clip_guidance",
+     clip_guidance_with_the_sign_flipped),
     ("T2/T3", "(T1) with w + 0.1 for w", theory, "cfg_eps_coefficients", cfg_coefficients_with_w_plus_a_tenth),
     ("T5/T6", "(T6) variance over 2 + 2w for 1 + 2w", theory, "sde_limit", sde_variance_without_the_1_plus_2w),
 ]
