@@ -136,15 +136,23 @@ class ClipConfig:
         return MLPConfig("classifier", self.dim, self.embed, self.hidden, self.depth, self.t_embed, self.dtype, self.arch)
 
 
+def clip_shapes(config):
+    """The name and shape of every parameter: "image/..." (``nn.param_shapes`` of ``config.image``),
+    "text/..." (the plain MLP (L2) from the vocabulary to ``embed``) and "logit_scale", 0-d."""
+    shapes = {"image/" + k: v for k, v in param_shapes(config.image).items()}
+    shapes.update(mlp_shapes(len(config.vocab), config.text_hidden, config.text_depth, config.embed, "text/"))
+    shapes["logit_scale"] = ()
+    return shapes
+
+
 def init_clip(config, rng):
-    """Parameters "image/...", "text/..." and "logit_scale" (0-d, log(1 / 0.07)).
+    """Parameters of the shapes ``clip_shapes(config)``; "logit_scale" starts at log(1 / 0.07).
 
     As ``nn.init_from_shapes``, except that both output layers are random too: a zero output
     layer would make every feature 0, where normalising has no direction to follow.
     """
     check_rng(rng)
-    shapes = {"image/" + k: v for k, v in param_shapes(config.image).items()}
-    shapes.update(mlp_shapes(len(config.vocab), config.text_hidden, config.text_depth, config.embed, "text/"))
+    shapes = clip_shapes(config)
     params = init_from_shapes(shapes, config.dtype, rng)
     for name in ("image/W_out", "text/W_out"):
         fan_in = shapes[name][0]
