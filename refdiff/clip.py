@@ -313,6 +313,28 @@ def zero_shot_accuracy(model, x, words, groups=IMAGE_GROUPS, t=None):
     return out
 
 
+def retrieval_accuracy(model, x, words, t=None):
+    """Top-1 retrieval between N images and their N full captions (every word each image has).
+
+    Image to text: the caption with the largest logit (CL1) among the N; text to image: the image
+    with the largest logit for each caption. A pick counts as right when its caption has the same
+    words as the true one (two images may share a full caption). Chance is about the frequency
+    of the commonest full caption.
+
+    Returns {"image_to_text": fraction, "text_to_image": fraction}.
+    """
+    words = np.asarray(words, dtype=bool)
+    if words.ndim != 2 or len(words) != len(x) or not words.any(axis=1).all():
+        raise ValueError(f"words must be a bool array with a row of at least one word per image, got shape {words.shape}")
+    bag = words / words.sum(axis=1, keepdims=True)
+    text = text_features(model.params, model.config, bag)  # (N, E)
+    logits = np.exp(logit_scale(model.params)) * (model.image_features(x, t) @ text.T)  # (N, N)
+    same = (words[:, None, :] == words[None, :, :]).all(axis=2)  # (N, N): identical full captions
+    n = np.arange(len(words))
+    return {"image_to_text": float(same[n, np.argmax(logits, axis=1)].mean()),
+            "text_to_image": float(same[np.argmax(logits, axis=0), n].mean())}
+
+
 def caption_match(x, caption):
     """How often tiny images match each word group of a caption, by the rule-based judge.
 

@@ -4,7 +4,8 @@ Steps (each printed as it runs):
 1. draw 20,000 tiny images with their attributes and train, on the small budgets: the pixel
    denoiser (label dropout) and noisy classifier (train.*_IMAGES_SMALL), a noise-aware and a clean
    toy CLIP (clip.CLIP_*_IMAGES), the autoencoder and the latent denoiser (latent.*_IMAGES);
-2. measure the CLIPs' zero-shot accuracy and the autoencoder's reconstructions on held-out images;
+2. measure the CLIPs' zero-shot accuracy and top-1 retrieval, and the autoencoder's
+   reconstructions, on held-out images;
 3. sample every method over the strengths ``ws`` with DDPM-100, n_per_label samples per class:
    pixel CFG with weight w, classifier guidance and CLIP guidance (caption = the class name) at
    scale s = 1 + w on the unconditional branch, and latent CFG with weight w, decoded; judge them;
@@ -64,6 +65,8 @@ def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say
     x_test, y_test, attrs = images.sample(2000, rng, return_attributes=True)
     words = clip.image_words(y_test, attrs)
     metrics["zero_shot"] = {name: clip.zero_shot_accuracy(models[name], x_test, words, t=t)
+                            for name, t in (("clip_clean", None), ("clip_noise_aware", 1))}
+    metrics["retrieval"] = {name: clip.retrieval_accuracy(models[name], x_test[:1000], words[:1000], t=t)
                             for name, t in (("clip_clean", None), ("clip_noise_aware", 1))}
     ae = models["autoencoder"]
     recon = ae.decode(ae.encode(x_test))

@@ -66,6 +66,9 @@ def test_zero_shot_and_autoencoder_figures_are_recorded(demo):
         assert set(metrics["zero_shot"][name]) == {"class", "thickness", "horizontal", "vertical"}
         for accuracy, count in metrics["zero_shot"][name].values():
             assert 0 <= accuracy <= 1 and 0 < count <= 2000
+    for name in ("clip_clean", "clip_noise_aware"):
+        assert set(metrics["retrieval"][name]) == {"image_to_text", "text_to_image"}
+        assert all(0 <= v <= 1 for v in metrics["retrieval"][name].values())
     ae = metrics["autoencoder"]
     assert ae["latent"] == 8 and ae["mse"] > 0 and ae["scale"] > 0 and 0 <= ae["judged_reconstructions"] <= 1
 
