@@ -1,4 +1,4 @@
-"""Checkpoints: a Denoiser or Classifier as one ``.npz`` file, written atomically, read without pickle.
+"""Checkpoints: any trained model (denoiser, classifier, CLIP, autoencoder) as one ``.npz``, atomic, without pickle.
 
 File format, version 1
 ----------------------
@@ -7,16 +7,27 @@ An ``.npz`` archive (a zip of ``.npy`` arrays, as ``numpy.savez`` writes it) hol
 ``meta``
     A 0-d unicode array whose text is a JSON object with the fields
     ``format`` = "refdiff-checkpoint"; ``version`` = 1 (an integer: readers refuse any other);
-    ``kind`` = "denoiser" or "classifier"; ``config`` = ``MLPConfig.to_dict()``, i.e. kind, dim,
-    num_labels, hidden, depth, t_embed and dtype, with the same kind as ``kind``.
+    ``kind`` = "denoiser", "classifier", "clip" or "autoencoder"; ``config``, a JSON object of
+    the model's config (below); for "clip" only, ``noise_aware`` = true or false. A "clip" or
+    "autoencoder" meta holds no other field, and its config every field of its dataclass.
 ``param/<name>``
-    One array per network parameter, named and shaped as ``nn.init_params(config, rng)`` makes
-    them (``W0, b0, ..., W_out, b_out``; see ``nn.param_shapes``), of dtype ``config.dtype``, finite.
-``schedule_betas``
+    One array per network parameter, of dtype ``config.dtype``, finite, named and shaped as the
+    config alone fixes them: ``nn.param_shapes`` (``W0, b0, ..., W_out, b_out``) for a denoiser
+    or classifier, ``clip.clip_shapes`` ("image/...", "text/..." and the 0-d "logit_scale") for
+    a CLIP, ``latent.autoencoder_shapes`` ("encoder/...", "decoder/...") for an autoencoder.
+``schedule_betas`` (denoiser, classifier, noise-aware CLIP; absent for a clean CLIP and an autoencoder)
     float64, shape (T + 1,): ``Schedule.betas`` of the model's schedule, betas[0] = 0 and
     beta_t in (0, 1] for t = 1..T.
+``scale`` (autoencoder only)
+    A 0-d float64 array, finite and > 0: ``Autoencoder.scale``, the latent scale of (LD4).
 ``history`` (optional)
     A 1-D float array, the training loss per step (``model.history``).
+
+The configs: "denoiser" and "classifier", ``MLPConfig.to_dict()`` (kind, dim, num_labels, hidden,
+depth, t_embed, dtype, arch), whose kind must equal meta's; "clip", the fields of ``ClipConfig``
+(dim, vocab, embed, hidden, depth, text_hidden, text_depth, t_embed, arch, dtype) with ``vocab``
+a JSON list of strings, turned back into a tuple; "autoencoder", ``AEConfig.to_dict()`` (dim,
+latent, hidden, depth, kl_weight, dtype).
 
 Any other entry is an error. Arrays are stored bit for bit, so the loaded model computes exactly
 what the saved one did. ``save`` writes a temporary file in the target's folder, flushes and
@@ -25,6 +36,7 @@ the new one, never a part. ``load`` reads with ``allow_pickle=False`` and raises
 naming the file and the problem, for anything that is not a valid version-1 checkpoint.
 """
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -39,6 +51,8 @@ from .schedule import Schedule
 FORMAT = "refdiff-checkpoint"
 VERSION = 1
 MODELS = {"denoiser": Denoiser, "classifier": Classifier}
+KINDS = ("denoiser", "classifier", "clip", "autoencoder")
+META_FIELDS = {"format", "version", "kind", "config"}
 PARAM = "param/"
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
 # What reading a damaged .npz raises (measured by truncating and bit-flipping a checkpoint at
@@ -47,14 +61,15 @@ READ_ERRORS = (OSError, EOFError, ValueError, NotImplementedError, zipfile.BadZi
 
 
 def save(path, model):
-    """Write a Denoiser or Classifier to ``path`` as a version-1 checkpoint, atomically.
+    """Write a Denoiser, Classifier, Clip or Autoencoder to ``path`` as a version-1 checkpoint, atomically.
 
     Parameters
     ----------
     path : str or os.PathLike
         The ``.npz`` file to write; its folder must exist. An existing file is replaced.
-    model : Denoiser or Classifier
-        Its ``.params``, ``.config``, ``.sched`` and, if present, ``.history`` are stored.
+    model : Denoiser, Classifier, clip.Clip or latent.Autoencoder
+        Its ``.params``, ``.config``, ``.sched`` (``.scale`` for an Autoencoder) and, if
+        present, ``.history`` are stored.
 
     Returns
     -------
@@ -62,14 +77,8 @@ def save(path, model):
     naming ``path``, and nothing is written.
     """
     name = os.fspath(path)
-    if not isinstance(model, tuple(MODELS.values())):
-        raise ValueError(f"cannot save {name}: model must be a Denoiser or Classifier, got {type(model).__name__}")
-    meta = {"format": FORMAT, "version": VERSION, "kind": model.kind, "config": model.config.to_dict()}
-    arrays = {"meta": np.array(json.dumps(meta)), "schedule_betas": model.sched.betas}
-    arrays.update((PARAM + key, np.asarray(value)) for key, value in model.params.items())
-    if getattr(model, "history", None) is not None:
-        arrays["history"] = np.asarray(model.history)
     try:
+        arrays = _entries(model)
         _decode(arrays)  # the checks load makes, so that save never writes what load refuses
     except ValueError as err:
         raise ValueError(f"cannot save {name}: {err}") from None
@@ -86,9 +95,10 @@ def load(path):
 
     Returns
     -------
-    Denoiser or Classifier with the stored params (same dtype, bit for bit), config and
-    Schedule, and ``.history`` if one was stored. A missing, damaged or invalid file raises
-    ValueError naming ``path`` and the problem; pickled data is never unpickled.
+    Denoiser, Classifier, Clip or Autoencoder with the stored params (same dtype, bit for bit),
+    config, Schedule (None for a clean CLIP) or scale, and ``.history`` if one was stored. A
+    missing, damaged or invalid file raises ValueError naming ``path`` and the problem; pickled
+    data is never unpickled.
     """
     name = os.fspath(path)
     try:
@@ -177,21 +187,90 @@ def _read_npz(name):
     return arrays
 
 
+def _entries(model):
+    """The checkpoint entries of a model: 'meta', its params, its kind's entries and any history."""
+    if isinstance(model, tuple(MODELS.values())):
+        meta, arrays = {"kind": model.kind, "config": model.config.to_dict()}, {"schedule_betas": model.sched.betas}
+    else:
+        meta, arrays = _clip_or_autoencoder_entries(model)
+    arrays["meta"] = np.array(json.dumps({"format": FORMAT, "version": VERSION, **meta}))
+    arrays.update((PARAM + key, np.asarray(value)) for key, value in model.params.items())
+    if getattr(model, "history", None) is not None:
+        arrays["history"] = np.asarray(model.history)
+    return arrays
+
+
+def _clip_or_autoencoder_entries(model):
+    """The fields of 'meta' and the other entries (but params and history) of a Clip or Autoencoder."""
+    from .clip import Clip  # lazily: clip and latent import train, and take ~0.7 s to import
+    from .latent import Autoencoder
+    if isinstance(model, Clip):
+        meta = {"kind": "clip", "config": _fields_of(model.config), "noise_aware": model.sched is not None}
+        return meta, {} if model.sched is None else {"schedule_betas": model.sched.betas}
+    if isinstance(model, Autoencoder):
+        return {"kind": "autoencoder", "config": _fields_of(model.config)}, {"scale": np.array(model.scale, np.float64)}
+    raise ValueError(f"model must be a Denoiser, Classifier, Clip or Autoencoder, got {type(model).__name__}")
+
+
+def _fields_of(config):
+    """A ClipConfig's or AEConfig's fields as JSON values: the vocab tuple as a list, numpy scalars as Python ones."""
+    if not dataclasses.is_dataclass(config):
+        raise ValueError(f"config must be a ClipConfig or AEConfig, got {type(config).__name__}")
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return {key: list(v) if isinstance(v, tuple) else v.item() if isinstance(v, np.generic) else v
+            for key, v in fields.items()}
+
+
 def _decode(arrays):
     """The model that checkpoint entries describe; ValueError names the first problem found."""
     arrays = dict(arrays)
-    config = _config(_meta(arrays.pop("meta", None)))
-    sched = _schedule(arrays.pop("schedule_betas", None))
+    meta = _meta(arrays.pop("meta", None))
+    if meta.get("kind") not in KINDS:
+        raise ValueError(f"'meta' kind must be one of {KINDS}, got {meta.get('kind')!r}")
+    reader = {"clip": _read_clip, "autoencoder": _read_autoencoder}.get(meta["kind"], _read_mlp)
+    cls, config, extra, shapes = reader(meta, arrays)  # pops the kind's own entries
     history = arrays.pop("history", None)
     params = {key[len(PARAM):]: arrays.pop(key) for key in list(arrays) if key.startswith(PARAM)}
     if arrays:
         raise ValueError(f"unexpected entries {sorted(arrays)}")
-    model = MODELS[config.kind](_params(params, config), config, sched)
+    model = cls(_params(params, shapes, config.dtype), config, extra)
     if history is not None:
         if history.ndim != 1 or history.dtype.kind != "f":
             raise ValueError(f"'history' must be a 1-D float array, got shape {history.shape} dtype {history.dtype}")
         model.history = history
     return model
+
+
+def _read_mlp(meta, arrays):
+    """A denoiser's or classifier's class, MLPConfig, Schedule and parameter shapes."""
+    config = _config(meta)
+    return MODELS[config.kind], config, _schedule(arrays.pop("schedule_betas", None)), param_shapes(config)
+
+
+def _read_clip(meta, arrays):
+    """A CLIP's class, ClipConfig, Schedule (None if clean) and parameter shapes."""
+    from .clip import Clip, ClipConfig, clip_shapes
+    _no_other_meta(meta, {"noise_aware"})
+    noise_aware = meta.get("noise_aware")
+    if type(noise_aware) is not bool:
+        raise ValueError(f"'meta' noise_aware must be true or false, got {noise_aware!r}")
+    fields = _all_fields(meta, ClipConfig)
+    if not isinstance(fields["vocab"], list):
+        raise ValueError(f"bad config (vocab must be a JSON list of strings, got {fields['vocab']!r})")
+    config = _make(ClipConfig, {**fields, "vocab": tuple(fields["vocab"])})
+    betas = arrays.pop("schedule_betas", None)
+    if noise_aware != (betas is not None):
+        raise ValueError("a noise-aware CLIP needs a 'schedule_betas' entry" if noise_aware else
+                         "a clean CLIP ('meta' noise_aware false) must have no 'schedule_betas' entry")
+    return Clip, config, _schedule(betas) if noise_aware else None, clip_shapes(config)
+
+
+def _read_autoencoder(meta, arrays):
+    """An autoencoder's class, AEConfig, scale and parameter shapes."""
+    from .latent import AEConfig, Autoencoder, autoencoder_shapes
+    _no_other_meta(meta, set())
+    config = _make(AEConfig, _all_fields(meta, AEConfig))
+    return Autoencoder, config, _scale(arrays.pop("scale", None)), autoencoder_shapes(config)
 
 
 def _meta(entry):
@@ -213,17 +292,38 @@ def _meta(entry):
     return meta
 
 
+def _no_other_meta(meta, allowed):
+    """Refuse fields of 'meta' beyond the common ones and ``allowed``."""
+    extra = sorted(meta.keys() - META_FIELDS - allowed)
+    if extra:
+        raise ValueError(f"unexpected 'meta' fields {extra} for kind {meta['kind']!r}")
+
+
+def _all_fields(meta, cls):
+    """meta's 'config' object, which must name every field of the dataclass ``cls`` and no other."""
+    fields, names = meta.get("config"), {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(fields, dict):
+        raise ValueError(f"'meta' config must be a JSON object, got {type(fields).__name__}")
+    if fields.keys() != names:
+        missing, extra = sorted(names - fields.keys()), sorted(fields.keys() - names)
+        raise ValueError(f"bad config (fields of {cls.__name__} missing {missing}, unexpected {extra})")
+    return fields
+
+
+def _make(cls, fields):
+    """cls(**fields), its ValueError or TypeError reported as a bad config."""
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad config ({err})") from None
+
+
 def _config(meta):
     """MLPConfig from meta's 'config', which must agree with meta's 'kind'."""
     kind, fields = meta.get("kind"), meta.get("config")
-    if kind not in MODELS:
-        raise ValueError(f"'meta' kind must be one of {tuple(MODELS)}, got {kind!r}")
     if not isinstance(fields, dict):
         raise ValueError(f"'meta' config must be a JSON object, got {type(fields).__name__}")
-    try:
-        config = MLPConfig(**fields)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"bad config ({err})") from None
+    config = _make(MLPConfig, fields)
     if config.kind != kind:
         raise ValueError(f"config kind {config.kind!r} differs from 'meta' kind {kind!r}")
     return config
@@ -241,16 +341,27 @@ def _schedule(betas):
         raise ValueError(f"bad 'schedule_betas' ({err})") from None
 
 
-def _params(params, config):
-    """params in init_params' order, after checking names, shapes, dtype and finiteness."""
-    shapes, dtype = param_shapes(config), DTYPES[config.dtype]
+def _scale(entry):
+    """The autoencoder's scale from the 'scale' entry: a 0-d float64, finite and > 0."""
+    if entry is None:
+        raise ValueError("no 'scale' entry")
+    if entry.shape != () or entry.dtype != np.float64:
+        raise ValueError(f"'scale' must be a 0-d float64 array, got shape {entry.shape} dtype {entry.dtype}")
+    if not (np.isfinite(entry) and entry > 0):
+        raise ValueError(f"'scale' must be finite and > 0, got {entry.item()!r}")
+    return entry.item()
+
+
+def _params(params, shapes, dtype_name):
+    """params in the order of ``shapes``, after checking names, shapes, dtype and finiteness."""
+    dtype = DTYPES[dtype_name]
     if params.keys() != shapes.keys():
         missing, extra = sorted(shapes.keys() - params.keys()), sorted(params.keys() - shapes.keys())
         raise ValueError(f"parameter names do not match the config: missing {missing}, unexpected {extra}")
     for key, shape in shapes.items():
         value = params[key]
         if value.shape != shape or value.dtype != dtype:
-            raise ValueError(f"parameter {key!r} must have shape {shape} and dtype {config.dtype}, "
+            raise ValueError(f"parameter {key!r} must have shape {shape} and dtype {dtype_name}, "
                              f"got shape {value.shape} dtype {value.dtype}")
         if not np.all(np.isfinite(value)):
             raise ValueError(f"parameter {key!r} is not finite (NaN or inf)")

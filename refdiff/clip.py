@@ -124,7 +124,7 @@ class ClipConfig:
             raise ValueError(f"vocab must be a non-empty tuple of non-blank strings, got {self.vocab!r}")
         if len(set(self.vocab)) != len(self.vocab):
             raise ValueError(f"vocab must not repeat a phrase, got {self.vocab!r}")
-        for name in ("text_hidden", "text_depth"):
+        for name in ("embed", "text_hidden", "text_depth"):  # embed before MLPConfig, which would call it num_labels
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

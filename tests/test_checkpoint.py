@@ -161,7 +161,8 @@ BAD_ENTRIES = [
     pytest.param(meta(version=2), "unsupported version 2: this refdiff reads version 1", id="version-2"),
     pytest.param(meta(version="1"), "unsupported version '1'", id="version-string"),
     pytest.param(meta(version=True), "unsupported version True", id="version-bool"),
-    pytest.param(meta(kind="unet"), "kind must be one of \\('denoiser', 'classifier'\\), got 'unet'", id="kind"),
+    pytest.param(meta(kind="unet"), "kind must be one of \\('denoiser', 'classifier', 'clip', 'autoencoder'\\), "
+                                    "got 'unet'", id="kind"),
     pytest.param(meta(kind="classifier"), "config kind 'denoiser' differs from 'meta' kind 'classifier'",
                  id="kind-mismatch"),
     pytest.param(meta(config=[1]), "'meta' config must be a JSON object, got list", id="config-list"),
@@ -343,7 +344,8 @@ def nan_model():
 
 
 @pytest.mark.parametrize("model,problem", [
-    pytest.param({"W0": np.zeros(2)}, "model must be a Denoiser or Classifier, got dict", id="not-a-model"),
+    pytest.param({"W0": np.zeros(2)}, "model must be a Denoiser, Classifier, Clip or Autoencoder, got dict",
+                 id="not-a-model"),
     pytest.param(Denoiser({"W0": np.zeros((1, 1))}, small_model().config, Schedule.linear(20)),
                  "missing \\['W1', 'W_out', 'b0', 'b1', 'b_out'\\], unexpected \\[\\]", id="wrong-params"),
     pytest.param(nan_model(), "parameter 'W0' is not finite", id="nan-param"),
@@ -359,3 +361,399 @@ def test_save_npz_atomic_refuses_object_arrays(tmp_path):
     with pytest.raises(ValueError, match="object arrays \\['obj'\\] would need pickle"):
         save_npz_atomic(tmp_path / "a.npz", x=np.zeros(2), obj=np.array([None], dtype=object))
     assert os.listdir(tmp_path) == []
+
+
+# -- CLIP and autoencoder checkpoints -------------------------------------------------------------
+
+from refdiff.clip import Clip, ClipConfig, clip_shapes, init_clip, train_clip  # noqa: E402
+from refdiff.latent import AEConfig, Autoencoder, autoencoder_shapes, train_autoencoder  # noqa: E402
+
+
+def random_params(shapes, dtype, rng):
+    """Every parameter drawn from N(0, 1), so that no output is 0 by construction."""
+    return {key: rng.standard_normal(shape).astype(dtype) for key, shape in shapes.items()}
+
+
+def random_clip(config, seed=0, noise_aware=True, history=False):
+    rng = np.random.default_rng(seed)
+    sched = Schedule.cosine(int(rng.integers(1, 60))) if noise_aware else None
+    model = Clip(random_params(clip_shapes(config), config.dtype, rng), config, sched)
+    if history:
+        model.history = rng.random(int(rng.integers(1, 20))).astype(config.dtype)
+    return model
+
+
+def random_autoencoder(config, seed=0, scale=None, history=False):
+    rng = np.random.default_rng(seed)
+    scale = float(np.exp(rng.normal())) if scale is None else scale
+    model = Autoencoder(random_params(autoencoder_shapes(config), config.dtype, rng), config, scale)
+    if history:
+        model.history = rng.random(int(rng.integers(1, 20)))
+    return model
+
+
+def small_clip(noise_aware=True, dtype="float64", seed=0, history=False, vocab=("red", "blue bar", "thin")):
+    config = ClipConfig(2, tuple(vocab), embed=3, hidden=8, depth=2, text_hidden=5, text_depth=1, t_embed=4,
+                        dtype=dtype)
+    return random_clip(config, seed, noise_aware, history)
+
+
+def small_autoencoder(dtype="float64", seed=0, history=False):
+    return random_autoencoder(AEConfig(dim=6, latent=3, hidden=8, depth=2, kl_weight=1e-3, dtype=dtype), seed,
+                              history=history)
+
+
+def new_kind_outputs(model, rng):
+    """A CLIP's logits (every image with every vocabulary phrase); an autoencoder's mean and sampled
+    latents and its decoding."""
+    n = 5
+    if isinstance(model, Clip):
+        x = 3 * rng.standard_normal((n, model.config.dim))
+        t = rng.integers(1, model.sched.T + 1, n) if model.noise_aware else None
+        return [model.logits(x, list(model.config.vocab), t)]
+    x, z = rng.standard_normal((n, model.config.dim)), rng.standard_normal((n, model.config.latent))
+    return [model.encode(x), model.encode(x, np.random.default_rng(2)), model.decode(z)]
+
+
+def assert_new_kind_round_trip(model, path):
+    """save then load gives the same class, config, params (order, dtype, bits), schedule or its
+    absence, scale, history and outputs (bit for bit)."""
+    save(path, model)
+    back = load(path)
+    assert type(back) is type(model) and back.config == model.config
+    assert list(back.params) == list(model.params)
+    for key, value in model.params.items():
+        got, value = back.params[key], np.asarray(value)
+        assert isinstance(got, np.ndarray) and got.dtype == value.dtype, (key, got, value)
+        assert np.array_equal(got, value), (key, got, value)
+    if isinstance(model, Clip):
+        assert isinstance(back.config.vocab, tuple)
+        assert (back.sched is None) == (model.sched is None)
+        assert model.sched is None or np.array_equal(back.sched.betas, model.sched.betas)
+    else:
+        assert type(back.scale) is float and back.scale == model.scale, (back.scale, model.scale)
+    assert hasattr(back, "history") == hasattr(model, "history")
+    if hasattr(model, "history"):
+        assert back.history.dtype == model.history.dtype and np.array_equal(back.history, model.history)
+    with np.errstate(over="ignore", under="ignore"):  # an extreme scale may overflow both alike
+        wants = new_kind_outputs(model, np.random.default_rng(1))
+        gots = new_kind_outputs(back, np.random.default_rng(1))
+    # (a scale of 5e-324 may make one output all 0, not all of them)
+    assert any(np.any(want != 0) for want in wants), "vacuous comparison: the outputs are all zero"
+    for want, got in zip(wants, gots):
+        assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True), (got, want)
+
+
+def saved_entries(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {key: f[key] for key in f.files}
+
+
+@pytest.mark.parametrize("noise_aware", [True, False])
+def test_a_clip_file_holds_exactly_the_documented_entries(noise_aware, tmp_path):
+    model, path = small_clip(noise_aware, history=True), tmp_path / "c.npz"
+    save(path, model)
+    entries = saved_entries(path)
+    expected = {"meta", "history"} | {"param/" + key for key in clip_shapes(model.config)}
+    assert set(entries) == expected | ({"schedule_betas"} if noise_aware else set()), sorted(entries)
+    config = {"dim": 2, "vocab": ["red", "blue bar", "thin"], "embed": 3, "hidden": 8, "depth": 2, "text_hidden": 5,
+              "text_depth": 1, "t_embed": 4, "arch": "mlp", "dtype": "float64"}
+    assert json.loads(entries["meta"].item()) == {"format": "refdiff-checkpoint", "version": 1, "kind": "clip",
+                                                  "config": config, "noise_aware": noise_aware}
+    assert entries["param/logit_scale"].shape == ()
+    if noise_aware:
+        assert np.array_equal(entries["schedule_betas"], model.sched.betas)
+
+
+def test_an_autoencoder_file_holds_exactly_the_documented_entries(tmp_path):
+    model, path = small_autoencoder(history=True), tmp_path / "a.npz"
+    save(path, model)
+    entries = saved_entries(path)
+    expected = {"meta", "scale", "history"} | {"param/" + key for key in autoencoder_shapes(model.config)}
+    assert set(entries) == expected, sorted(entries)
+    assert json.loads(entries["meta"].item()) == {"format": "refdiff-checkpoint", "version": 1, "kind": "autoencoder",
+                                                  "config": model.config.to_dict()}
+    assert entries["scale"].shape == () and entries["scale"].dtype == np.float64
+    assert entries["scale"].item() == model.scale
+
+
+@pytest.mark.parametrize("history", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("make", [lambda **k: small_clip(True, **k), lambda **k: small_clip(False, **k),
+                                  small_autoencoder], ids=["clip-noise-aware", "clip-clean", "autoencoder"])
+def test_new_kinds_round_trip_bit_exactly(make, dtype, history, tmp_path):
+    assert_new_kind_round_trip(make(dtype=dtype, history=history), tmp_path / "m.npz")
+
+
+def test_round_trip_of_a_clip_from_init_clip(tmp_path):
+    """init_clip's parameters, logit_scale included, as training starts from them."""
+    config = small_clip().config
+    model = Clip(init_clip(config, np.random.default_rng(0)), config, Schedule.linear(20))
+    assert_new_kind_round_trip(model, tmp_path / "c.npz")
+
+
+@pytest.mark.parametrize("noise_aware", [True, False])
+def test_round_trip_of_trained_clips(noise_aware, tmp_path):
+    """train_clip's EMA leaves logit_scale a numpy scalar: it comes back a 0-d array, same dtype and bits."""
+    rng = np.random.default_rng(0)
+    x, words = rng.standard_normal((30, 2)), np.eye(3, dtype=bool)[rng.integers(0, 3, 30)]
+    model = train_clip(x, words, ("a", "b", "c"), rng, sched=Schedule.linear(30) if noise_aware else None, steps=3,
+                       batch=8, embed=4, hidden=8, depth=1, dtype="float32", verbose=False)
+    assert model.history.shape == (3,)
+    assert_new_kind_round_trip(model, tmp_path / "c.npz")
+
+
+def test_round_trip_of_a_trained_autoencoder(tmp_path):
+    rng = np.random.default_rng(0)
+    model = train_autoencoder(rng.random((30, 6)), rng, steps=3, batch=8, latent=2, hidden=8, depth=1,
+                              dtype="float32", verbose=False)
+    assert model.history.shape == (3,) and model.scale != 1.0
+    assert_new_kind_round_trip(model, tmp_path / "a.npz")
+
+
+phrases = st.text(min_size=1, max_size=8).filter(lambda s: s.split())  # any unicode, as JSON must carry it
+
+
+@st.composite
+def clip_configs(draw):
+    return ClipConfig(draw(st.integers(1, 6)), tuple(draw(st.lists(phrases, min_size=1, max_size=5, unique=True))),
+                      embed=draw(st.integers(1, 6)), hidden=draw(st.integers(1, 16)), depth=draw(st.integers(1, 3)),
+                      text_hidden=draw(st.integers(1, 8)), text_depth=draw(st.integers(1, 2)),
+                      t_embed=2 * draw(st.integers(1, 4)), arch=draw(st.sampled_from(["mlp", "resnet"])),
+                      dtype=draw(st.sampled_from(["float32", "float64"])))
+
+
+@st.composite
+def ae_configs(draw):
+    return AEConfig(draw(st.integers(1, 8)), draw(st.integers(1, 4)), draw(st.integers(1, 16)),
+                    draw(st.integers(1, 3)), draw(st.floats(min_value=0, allow_infinity=False)),
+                    draw(st.sampled_from(["float32", "float64"])))
+
+
+@given(clip_configs(), st.integers(0, 2**32 - 1), st.booleans(), st.booleans())
+def test_clip_round_trip_over_configs(config, seed, noise_aware, history):
+    model = random_clip(config, seed, noise_aware, history)
+    made = init_clip(config, np.random.default_rng(0))
+    assert clip_shapes(config) == {key: np.shape(value) for key, value in made.items()}
+    with tempfile.TemporaryDirectory() as folder:
+        assert_new_kind_round_trip(model, os.path.join(folder, "c.npz"))
+
+
+@given(ae_configs(), st.integers(0, 2**32 - 1), st.floats(min_value=0, exclude_min=True, allow_infinity=False),
+       st.booleans())
+def test_autoencoder_round_trip_over_configs_and_scales(config, seed, scale, history):
+    """Any finite kl_weight >= 0 and scale > 0, subnormal to 1.8e308, come back bit for bit (JSON floats and
+    a float64 entry are exact)."""
+    with tempfile.TemporaryDirectory() as folder:
+        assert_new_kind_round_trip(random_autoencoder(config, seed, scale, history), os.path.join(folder, "a.npz"))
+
+
+def set_entry(key, value):
+    """An edit that sets (value None: removes) entry ``key``."""
+    return lambda entries: {key: value}
+
+
+def clip_vocab(vocab):
+    return config(vocab=vocab)
+
+
+def clip_config_without(field):
+    def edit(entries):
+        fields = json.loads(entries["meta"].item())["config"]
+        return meta(config={k: v for k, v in fields.items() if k != field})(entries)
+    return edit
+
+
+def poison_entry(key, value):
+    def edit(entries):
+        array = entries[key].copy()
+        array.reshape(-1)[0] = value
+        return {key: array}
+    return edit
+
+
+BAD_CLIP_ENTRIES = [
+    pytest.param(meta(noise_aware=None), "'meta' noise_aware must be true or false, got None", id="noise-aware-null"),
+    pytest.param(meta(noise_aware=1), "'meta' noise_aware must be true or false, got 1", id="noise-aware-int"),
+    pytest.param(set_entry("schedule_betas", None), "a noise-aware CLIP needs a 'schedule_betas' entry", id="no-betas"),
+    pytest.param(meta(noise_aware=False), "a clean CLIP \\('meta' noise_aware false\\) must have no 'schedule_betas'",
+                 id="clean-with-betas"),
+    pytest.param(betas(0.0, 0.5, 1.5), "bad 'schedule_betas' \\(betas must lie in \\(0, 1\\], got 1.5\\)",
+                 id="beta-bad"),
+    pytest.param(meta(scale=2.0), "unexpected 'meta' fields \\['scale'\\] for kind 'clip'", id="meta-extra"),
+    pytest.param(meta(kind="autoencoder"), "unexpected 'meta' fields \\['noise_aware'\\] for kind 'autoencoder'",
+                 id="kind-autoencoder"),
+    pytest.param(meta(kind="denoiser"), "bad config .*unexpected keyword argument 'vocab'", id="kind-denoiser"),
+    pytest.param(meta(config=[1]), "'meta' config must be a JSON object, got list", id="config-list"),
+    pytest.param(clip_config_without("text_depth"),
+                 "bad config \\(fields of ClipConfig missing \\['text_depth'\\], unexpected \\[\\]\\)",
+                 id="field-missing"),
+    pytest.param(config(width=3), "bad config \\(fields of ClipConfig missing \\[\\], unexpected \\['width'\\]\\)",
+                 id="field-extra"),
+    pytest.param(clip_vocab("red"), "bad config \\(vocab must be a JSON list of strings, got 'red'\\)", id="vocab-str"),
+    pytest.param(clip_vocab([]), "bad config \\(vocab must be a non-empty tuple", id="vocab-empty"),
+    pytest.param(clip_vocab(["red", 1, "thin"]), "bad config \\(vocab must be a non-empty tuple", id="vocab-number"),
+    pytest.param(clip_vocab(["red", " ", "thin"]), "bad config \\(vocab must be a non-empty tuple", id="vocab-blank"),
+    pytest.param(clip_vocab(["red", "red", "thin"]), "bad config \\(vocab must not repeat", id="vocab-repeat"),
+    pytest.param(clip_vocab(["red", "blue bar", "thin", "wide"]), "parameter 'text/W0' must have shape \\(4, 5\\) "
+                 "and dtype float64, got shape \\(3, 5\\)", id="vocab-vs-params"),
+    pytest.param(config(text_depth=0), "bad config \\(text_depth must be an integer >= 1, got 0\\)", id="text-depth-0"),
+    pytest.param(config(text_hidden=True), "bad config \\(text_hidden must be an integer >= 1, got True\\)",
+                 id="text-hidden-bool"),
+    pytest.param(config(dim=2.0), "bad config \\(dim must be an integer >= 1, got 2.0\\)", id="dim-float"),
+    pytest.param(config(arch="unet"), "bad config \\(arch must be one of", id="arch"),
+    pytest.param(config(dtype="float16"), "bad config \\(dtype must be one of", id="dtype"),
+    pytest.param(config(embed=4), "parameter 'image/W_out' must have shape \\(8, 4\\)", id="embed-vs-params"),
+    pytest.param(param("logit_scale", np.zeros(1)), "parameter 'logit_scale' must have shape \\(\\) and dtype float64, "
+                 "got shape \\(1,\\)", id="logit-scale-1d"),
+    pytest.param(param("logit_scale", np.array(np.nan)), "parameter 'logit_scale' is not finite", id="logit-scale-nan"),
+    pytest.param(poison_entry("param/text/b_out", np.inf), "parameter 'text/b_out' is not finite", id="param-inf"),
+    pytest.param(param("image/W0", lambda w: w.astype(np.float32)), "parameter 'image/W0' .* dtype float64, got .* "
+                 "dtype float32", id="param-dtype"),
+    pytest.param(param("text/b_out", None), "missing \\['text/b_out'\\], unexpected \\[\\]", id="param-missing"),
+    pytest.param(param("W0", np.zeros((2, 8))), "missing \\[\\], unexpected \\['W0'\\]", id="param-unprefixed"),
+    pytest.param(set_entry("scale", np.array(1.0)), "unexpected entries \\['scale'\\]", id="scale-entry"),
+    pytest.param(set_entry("history", np.zeros(3, dtype=int)), "'history' must be a 1-D float array", id="history-int"),
+]
+
+
+BAD_AUTOENCODER_ENTRIES = [
+    pytest.param(set_entry("scale", None), "no 'scale' entry", id="no-scale"),
+    pytest.param(set_entry("scale", np.array(0.0)), "'scale' must be finite and > 0, got 0.0", id="scale-0"),
+    pytest.param(set_entry("scale", np.array(-2.0)), "'scale' must be finite and > 0, got -2.0", id="scale-negative"),
+    pytest.param(set_entry("scale", np.array(np.nan)), "'scale' must be finite and > 0, got nan", id="scale-nan"),
+    pytest.param(set_entry("scale", np.array(np.inf)), "'scale' must be finite and > 0, got inf", id="scale-inf"),
+    pytest.param(set_entry("scale", np.array(1.5, dtype=np.float32)),
+                 "'scale' must be a 0-d float64 array, got shape \\(\\) dtype float32", id="scale-float32"),
+    pytest.param(set_entry("scale", np.array(2)), "'scale' must be a 0-d float64 array, got shape \\(\\) dtype int",
+                 id="scale-int"),
+    pytest.param(set_entry("scale", np.array([1.5])), "'scale' must be a 0-d float64 array, got shape \\(1,\\)",
+                 id="scale-1d"),
+    pytest.param(set_entry("schedule_betas", np.array([0.0, 0.5])), "unexpected entries \\['schedule_betas'\\]",
+                 id="betas-entry"),
+    pytest.param(meta(noise_aware=False), "unexpected 'meta' fields \\['noise_aware'\\] for kind 'autoencoder'",
+                 id="meta-extra"),
+    pytest.param(meta(kind="clip"), "'meta' noise_aware must be true or false, got None", id="kind-clip"),
+    pytest.param(meta(kind="classifier"), "bad config .*unexpected keyword argument 'latent'", id="kind-classifier"),
+    pytest.param(clip_config_without("kl_weight"),
+                 "bad config \\(fields of AEConfig missing \\['kl_weight'\\], unexpected \\[\\]\\)",
+                 id="field-missing"),
+    pytest.param(config(kind="denoiser"), "bad config \\(fields of AEConfig missing \\[\\], unexpected \\['kind'\\]\\)",
+                 id="field-extra"),
+    pytest.param(config(kl_weight=float("nan")), "bad config \\(kl_weight must be a finite number >= 0, got nan\\)",
+                 id="kl-nan"),
+    pytest.param(config(kl_weight=-1e-3), "bad config \\(kl_weight must be a finite number >= 0", id="kl-negative"),
+    pytest.param(config(kl_weight="0.001"), "bad config \\(kl_weight must be a finite number >= 0, got '0.001'\\)",
+                 id="kl-string"),
+    pytest.param(config(latent=0), "bad config \\(latent must be an integer >= 1, got 0\\)", id="latent-0"),
+    pytest.param(config(depth=1.0), "bad config \\(depth must be an integer >= 1, got 1.0\\)", id="depth-float"),
+    pytest.param(config(dtype="float16"), "bad config \\(dtype must be one of", id="dtype"),
+    pytest.param(config(latent=4), "parameter 'encoder/W_out' must have shape \\(8, 8\\) and dtype float64, "
+                 "got shape \\(8, 6\\)", id="latent-vs-params"),
+    pytest.param(config(dtype="float32"), "parameter 'encoder/W0' .* dtype float32, got .* dtype float64",
+                 id="dtype-vs-params"),
+    pytest.param(poison_entry("param/decoder/b_out", np.nan), "parameter 'decoder/b_out' is not finite",
+                 id="param-nan"),
+    pytest.param(param("encoder/W0", None), "missing \\['encoder/W0'\\], unexpected \\[\\]", id="param-missing"),
+    pytest.param(param("decoder/W9", np.zeros((8, 8))), "missing \\[\\], unexpected \\['decoder/W9'\\]",
+                 id="param-extra"),
+    pytest.param(set_entry("history", np.zeros((2, 2))), "'history' must be a 1-D float array", id="history-2d"),
+    pytest.param(set_entry("extra", np.zeros(1)), "unexpected entries \\['extra'\\]", id="unknown-entry"),
+]
+
+
+def refuse_edited(good, edit, problem, path):
+    """Write ``good`` with ``edit`` applied (a None value removes the entry), then check that load refuses it."""
+    entries = dict(good)
+    for key, value in edit(good).items():
+        if value is None:
+            del entries[key]
+        else:
+            entries[key] = value
+    np.savez(path, **entries)
+    assert_refused(path, problem)
+
+
+@pytest.fixture
+def good_clip_entries(tmp_path):
+    """A valid noise-aware CLIP checkpoint: vocab of 3 phrases, text_hidden 5, float64, a history."""
+    save(tmp_path / "good.npz", small_clip(True, history=True))
+    return saved_entries(tmp_path / "good.npz")
+
+
+@pytest.fixture
+def good_ae_entries(tmp_path):
+    """A valid autoencoder checkpoint: dim 6, latent 3, hidden 8, float64, a history."""
+    save(tmp_path / "good.npz", small_autoencoder(history=True))
+    return saved_entries(tmp_path / "good.npz")
+
+
+@pytest.mark.parametrize("edit,problem", BAD_CLIP_ENTRIES)
+def test_bad_clip_entries_are_refused_naming_the_file_and_the_problem(edit, problem, good_clip_entries, tmp_path):
+    refuse_edited(good_clip_entries, edit, problem, tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("edit,problem", BAD_AUTOENCODER_ENTRIES)
+def test_bad_autoencoder_entries_are_refused_naming_the_file_and_the_problem(edit, problem, good_ae_entries, tmp_path):
+    refuse_edited(good_ae_entries, edit, problem, tmp_path / "bad.npz")
+
+
+def test_a_clean_clip_file_with_betas_is_refused(tmp_path):
+    save(tmp_path / "clean.npz", small_clip(False))
+    refuse_edited(saved_entries(tmp_path / "clean.npz"), betas(0.0, 0.5), "a clean CLIP \\('meta' noise_aware false\\) "
+                  "must have no 'schedule_betas' entry", tmp_path / "bad.npz")
+
+
+def test_a_clean_clip_file_claiming_noise_awareness_is_refused(tmp_path):
+    save(tmp_path / "clean.npz", small_clip(False))
+    refuse_edited(saved_entries(tmp_path / "clean.npz"), meta(noise_aware=True),
+                  "a noise-aware CLIP needs a 'schedule_betas' entry", tmp_path / "bad.npz")
+
+
+def test_the_unedited_clip_and_autoencoder_entries_load(good_clip_entries, good_ae_entries, tmp_path):
+    """The controls for the tests above: their files, unedited, are valid checkpoints."""
+    np.savez(tmp_path / "c.npz", **good_clip_entries)
+    np.savez(tmp_path / "a.npz", **good_ae_entries)
+    assert load(tmp_path / "c.npz").config.text_hidden == 5 and load(tmp_path / "a.npz").config.latent == 3
+
+
+def nan_clip():
+    model = small_clip(dtype="float32")
+    model.params["logit_scale"] = np.array(np.nan, dtype=np.float32)
+    return model
+
+
+def bad_scale_autoencoder():
+    model = small_autoencoder()
+    model.scale = -1.0  # Autoencoder checks its scale when made, not afterwards
+    return model
+
+
+def float32_param_autoencoder():
+    model = small_autoencoder()
+    model.params["decoder/W0"] = model.params["decoder/W0"].astype(np.float32)
+    return model
+
+
+@pytest.mark.parametrize("model,problem", [
+    pytest.param(nan_clip(), "parameter 'logit_scale' is not finite", id="clip-nan"),
+    pytest.param(Clip({}, {"dim": 2}, None), "config must be a ClipConfig or AEConfig, got dict",
+                 id="clip-dict-config"),
+    pytest.param(bad_scale_autoencoder(), "'scale' must be finite and > 0, got -1.0", id="ae-scale"),
+    pytest.param(float32_param_autoencoder(), "parameter 'decoder/W0' .* dtype float64, got .* dtype float32",
+                 id="ae-dtype"),
+])
+def test_save_refuses_a_bad_clip_or_autoencoder_and_writes_nothing(model, problem, tmp_path):
+    path = tmp_path / "m.npz"
+    with pytest.raises(ValueError, match=f"^cannot save {re.escape(str(path))}: .*{problem}"):
+        save(path, model)
+    assert os.listdir(tmp_path) == []
+
+
+def test_overwriting_across_kinds(tmp_path):
+    path = tmp_path / "m.npz"
+    save(path, small_model())
+    assert_new_kind_round_trip(small_autoencoder(dtype="float32"), path)
+    assert_new_kind_round_trip(small_clip(False), path)
+    assert_round_trip(small_model("classifier"), path)
+    assert os.listdir(tmp_path) == ["m.npz"]

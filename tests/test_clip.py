@@ -647,3 +647,9 @@ def test_retrieval_accuracy_refuses_images_without_words(clean_model, image_data
         clip.retrieval_accuracy(clean_model, x_test[:3], np.zeros((3, len(IMAGE_VOCAB)), bool))
     with pytest.raises(ValueError, match=r"^words must be"):
         clip.retrieval_accuracy(clean_model, x_test[:3], words[:2])
+
+
+@pytest.mark.parametrize("value", [True, 0, 2.0])
+def test_clip_config_names_embed_when_it_is_bad(value):
+    with pytest.raises(ValueError, match=r"^embed must be an integer >= 1"):
+        clip.ClipConfig(dim=64, vocab=IMAGE_VOCAB, embed=value)
