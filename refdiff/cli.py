@@ -71,8 +71,10 @@ def build_parser():
                                       "figures, metrics.json and samples.npz to --out. About 20 s on 2 cores. "
                                       f"With --data {IMAGES}: on the tiny images, pixel CFG, classifier guidance, "
                                       "CLIP guidance and latent CFG side by side, and captions steering the "
-                                      "unconditional model (a few minutes; guidance_grid.png, captions.png, "
-                                      "metrics.json).")
+                                      "unconditional model (about 90 s; guidance_grid.png, captions.png, "
+                                      "metrics.json, samples.npz); there --denoiser-steps and --classifier-steps "
+                                      f"override the pixel models' budgets ({DENOISER_IMAGES_SMALL['steps']} and "
+                                      f"{CLASSIFIER_IMAGES_SMALL['steps']} steps).")
     demo.add_argument("--out", default="refdiff-demo", help="output folder (default refdiff-demo)")
     demo.add_argument("--data", default="three_gaussians",
                       help="a toy data set name (see refdiff data), an .npz with arrays x and y, or "
