@@ -5,7 +5,8 @@ Steps (each printed as it runs):
    denoiser (label dropout) and noisy classifier (train.*_IMAGES_SMALL), a noise-aware and a clean
    toy CLIP (clip.CLIP_*_IMAGES), the autoencoder and the latent denoiser (latent.*_IMAGES);
 2. measure the CLIPs' zero-shot accuracy and top-1 retrieval, and the autoencoder's
-   reconstructions, on held-out images;
+   reconstructions, on held-out images (and, at the end, the noise-aware CLIP's and the noisy
+   classifier's class accuracy on those images noised to each of NOISY_T);
 3. sample every method over the strengths ``ws`` with DDPM-100, n_per_label samples per class:
    pixel CFG with weight w, classifier guidance and CLIP guidance (caption = the class name) at
    scale s = 1 + w on the unconditional branch, and latent CFG with weight w, decoded; judge them;
@@ -26,6 +27,7 @@ from . import clip, latent, plot
 from .checkpoint import save_npz_atomic
 from .demo import save_figure
 from .guidance import classifier_free_guidance, classifier_guidance, clip_guidance, clip_x0_guidance
+from .process import q_sample
 from .samplers import ddpm
 from .schedule import Schedule
 from .sweep import image_measures
@@ -42,6 +44,7 @@ BUDGETS = {"denoiser": DENOISER_IMAGES_SMALL, "classifier": CLASSIFIER_IMAGES_SM
            "clip_noise_aware": clip.CLIP_NOISE_AWARE_IMAGES, "clip_clean": clip.CLIP_CLEAN_IMAGES,
            "autoencoder": latent.AUTOENCODER_IMAGES, "latent_denoiser": latent.LATENT_DENOISER_IMAGES}
 LABEL_INCHES = 1.8  # the figures' left margin, for the row labels
+NOISY_T = (100, 300, 500, 700)  # the noise levels of the noisy class accuracies
 STEPS = 100  # DDPM steps: at the small budget DDIM-50 leaves noise the judge rejects (docs/guidance.md)
 
 
@@ -62,22 +65,14 @@ def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say
     start = time.perf_counter()
     models, metrics = _train(rng, budgets, say)
     sched = models["sched"]
-    x_test, y_test, attrs = images.sample(2000, rng, return_attributes=True)
-    words = clip.image_words(y_test, attrs)
-    metrics["zero_shot"] = {name: clip.zero_shot_accuracy(models[name], x_test, words, t=t)
-                            for name, t in (("clip_clean", None), ("clip_noise_aware", 1))}
-    metrics["retrieval"] = {name: clip.retrieval_accuracy(models[name], x_test[:1000], words[:1000], t=t)
-                            for name, t in (("clip_clean", None), ("clip_noise_aware", 1))}
-    ae = models["autoencoder"]
-    recon = ae.decode(ae.encode(x_test))
-    metrics["autoencoder"] = {"latent": ae.config.latent, "scale": float(ae.scale),
-                              "mse": float(np.mean((recon - x_test) ** 2)),
-                              "judged_reconstructions": float(np.mean(images.judge(recon) == y_test))}
+    held_out = images.sample(2000, rng, return_attributes=True)
+    metrics.update(_held_out(models, *held_out))
     y = np.arange(n_per_label * images.NUM_CLASSES) % images.NUM_CLASSES
     say(f"sampling {len(y)} images for each of {len(METHODS)} methods x {len(ws)} strengths (DDPM-{STEPS})")
     metrics["rows"], samples = _sweep(models, sched, y, ws, rng)
     say(f"steering the unconditional model with {len(CAPTIONS)} captions, both CLIP rules")
     metrics["captions"], caption_samples = _captions(models, sched, ws, n_caption, rng)
+    metrics["noisy_class_accuracy"] = _noisy_accuracy(models, sched, *held_out[:2], rng)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
     save_npz_atomic(os.path.join(out_dir, "samples.npz"), y=y,
@@ -114,6 +109,34 @@ def _train(rng, budgets, say):
         seconds[name] = time.perf_counter() - begin
         losses[name] = float(np.mean(models[name].history[-100:]))
     return models, {"data": "images", "train_seconds": seconds, "final_loss": losses}
+
+
+def _held_out(models, x, y, attributes):
+    """On held-out images: both CLIPs' zero-shot accuracy per word group and top-1 retrieval (the
+    noise-aware one at t = 1), and the autoencoder's reconstruction error and judged accuracy."""
+    words = clip.image_words(y, attributes)
+    clips = (("clip_clean", None), ("clip_noise_aware", 1))
+    ae = models["autoencoder"]
+    recon = ae.decode(ae.encode(x))
+    return {"zero_shot": {name: clip.zero_shot_accuracy(models[name], x, words, t=t) for name, t in clips},
+            "retrieval": {name: clip.retrieval_accuracy(models[name], x[:1000], words[:1000], t=t) for name, t in clips},
+            "autoencoder": {"latent": ae.config.latent, "scale": float(ae.scale),
+                            "mse": float(np.mean((recon - x) ** 2)),
+                            "judged_reconstructions": float(np.mean(images.judge(recon) == y))}}
+
+
+def _noisy_accuracy(models, sched, x, y, rng):
+    """Class accuracy on held-out images noised to x_t (P1) at NOISY_T: the noise-aware CLIP's
+    zero-shot pick among the class names, and the noisy classifier's argmax; the two scores that
+    (G13) and (G3) differentiate."""
+    rows = []
+    for t in NOISY_T:
+        x_t = q_sample(sched, x, t, rng.standard_normal(x.shape))
+        picked = clip.zero_shot(models["clip_noise_aware"], x_t, list(images.CLASS_NAMES), t)
+        logits = models["classifier"](x_t, t)
+        rows.append({"t": t, "clip": float(np.mean(picked == y)),
+                     "classifier": float(np.mean(np.argmax(logits, axis=1) == y))})
+    return rows
 
 
 def guided_eps_fn(method, w, models, sched, y):

@@ -69,6 +69,8 @@ def test_zero_shot_and_autoencoder_figures_are_recorded(demo):
     for name in ("clip_clean", "clip_noise_aware"):
         assert set(metrics["retrieval"][name]) == {"image_to_text", "text_to_image"}
         assert all(0 <= v <= 1 for v in metrics["retrieval"][name].values())
+    assert [r["t"] for r in metrics["noisy_class_accuracy"]] == list(demo_images.NOISY_T)
+    assert all(0 <= r["clip"] <= 1 and 0 <= r["classifier"] <= 1 for r in metrics["noisy_class_accuracy"])
     ae = metrics["autoencoder"]
     assert ae["latent"] == 8 and ae["mse"] > 0 and ae["scale"] > 0 and 0 <= ae["judged_reconstructions"] <= 1
 
