@@ -1,4 +1,5 @@
-"""Guidance: turn a denoiser (and a noisy classifier) into a guided ``eps_fn(x, t)`` (docs/guidance.md).
+"""Guidance: turn a denoiser (and a noisy classifier, or a CLIP score) into a guided ``eps_fn(x, t)``
+(docs/guidance.md; CLIP guidance in docs/clip.md).
 
 Each function wraps model callables and returns a plain ``eps_fn`` that every sampler takes, or,
 for the mean-shift form, the gradient that ``samplers.ddpm(..., mean_shift=...)`` adds to its mean.
