@@ -281,40 +281,39 @@ def check_g4(rng):
     return err, _oracle_tolerance()
 
 
-def check_g5(rng):
-    # Each side combines such averages with weights of total size 1 + 2|w|.
+def _guided_gap(rng, pair):
+    """The largest |a - b| over the oracle cases, relative to (1 + 2|s|) times the size of an eps,
+    for the guided eps_fns ``pair(gm, sched, y, s) -> (a, b)`` at a random strength s in [-1, 8]:
+    each side combines responsibility-weighted averages with weights of total size 1 + 2|s|."""
     err = 0.0
     for gm, sched, x, t, y in _oracle_cases(rng):
-        model, w = gm.eps_model(sched), rng.uniform(-1, 8)
-        cfg = guidance.classifier_free_guidance(model, y, w)(x, t)
-        cg = guidance.classifier_guidance(model, gm.classifier(sched), sched, y, 1 + w)(x, t)
-        err = max(err, _ratio(cfg - cg, (1 + 2 * abs(w)) * _eps_size(gm, x, sched.alpha_bar[t])))
+        s = rng.uniform(-1, 8)
+        a, b = pair(gm, sched, y, s)
+        err = max(err, _ratio(a(x, t) - b(x, t), (1 + 2 * abs(s)) * _eps_size(gm, x, sched.alpha_bar[t])))
     return err, _oracle_tolerance()
+
+
+def check_g5(rng):
+    return _guided_gap(rng, lambda gm, sched, y, w: (
+        guidance.classifier_free_guidance(gm.eps_model(sched), y, w),
+        guidance.classifier_guidance(gm.eps_model(sched), gm.classifier(sched), sched, y, 1 + w)))
 
 
 def check_g7(rng):
-    err = 0.0
-    for gm, sched, x, t, y in _oracle_cases(rng):
-        model, s = gm.eps_model(sched), rng.uniform(-1, 8)
-        cg = guidance.classifier_guidance(model, gm.classifier(sched), sched, y, s, conditional=True)(x, t)
-        cfg = guidance.classifier_free_guidance(model, y, s)(x, t)
-        err = max(err, _ratio(cg - cfg, (1 + 2 * abs(s)) * _eps_size(gm, x, sched.alpha_bar[t])))
-    return err, _oracle_tolerance()
+    return _guided_gap(rng, lambda gm, sched, y, s: (
+        guidance.classifier_guidance(gm.eps_model(sched), gm.classifier(sched), sched, y, s, conditional=True),
+        guidance.classifier_free_guidance(gm.eps_model(sched), y, s)))
 
 
 def check_g13(rng):
     # CLIP guidance with the exact log-likelihood ratio as its score (docs/clip.md): the ratio's
     # gradient is grad log p(y | x_t), so the rule is classifier guidance at the same scale.
-    err = 0.0
-    for gm, sched, x, t, y in _oracle_cases(rng):
-        model, s = gm.eps_model(sched), rng.uniform(-1, 8)
-
+    def pair(gm, sched, y, s):
         def ratio(z, tt):
             return gm.log_prob_noised(z, sched.alpha_bar[tt], y) - gm.log_prob_noised(z, sched.alpha_bar[tt])
-        clip = guidance.clip_guidance(model, ratio, sched, s)(x, t)
-        cg = guidance.classifier_guidance(model, gm.classifier(sched), sched, y, s)(x, t)
-        err = max(err, _ratio(clip - cg, (1 + 2 * abs(s)) * _eps_size(gm, x, sched.alpha_bar[t])))
-    return err, _oracle_tolerance()
+        return (guidance.clip_guidance(gm.eps_model(sched), ratio, sched, s),
+                guidance.classifier_guidance(gm.eps_model(sched), gm.classifier(sched), sched, y, s))
+    return _guided_gap(rng, pair)
 
 
 def check_g8(rng):
