@@ -1,125 +1,191 @@
 """Samplers: DDPM ancestral sampling, DDIM and the probability-flow ODE (docs/samplers.md).
 
 Every sampler takes a plain ``eps_fn(x, t) -> eps`` (a model with guidance already applied, or
-``lambda x, t: eps_model(x, t, y)``) and never knows about labels or guidance. Each is one
-function with a visible loop over decreasing timesteps, except ``ode_adaptive``, which hands the
-loop to ``scipy.integrate.solve_ivp`` and calls eps_fn at real t (docs/schedule.md, (S6)).
+``lambda x, t: eps_model(x, t, y)``) and never knows about labels or guidance. They share one
+signature, ``sampler(eps_fn, sched, x_T, steps, *, spacing=None, rng=None, return_path=False,
+callback=None, ...)`` (``ddpm`` keeps ``rng`` as its fourth argument), and each is one function
+with a visible loop over a decreasing grid of times (``sampling_grid``), the last step going to
+t = 0. ``ode_adaptive`` hands the steps between grid points to ``scipy.integrate.solve_ivp``.
 
-``callback(t, x, eps)``, if given, is called after every step with the timestep t the step
-started from (original indexing, 1..T), the new state x_{t_prev} and the eps used.
+``steps`` is a step count, whose grid ``spacing`` chooses ((S4); "karras": (D6)), or the grid
+itself: a 1-D strictly decreasing array of times in (0, T], used as given. ``ddpm`` and ``ddim``
+step between integer timesteps; ``ode`` and ``ode_adaptive`` take real times too.
+
+``callback(t, x, eps)``, if given, is called after every step with the time t the step started
+from (original indexing), the new state x_{t_prev} and the eps the step used.
 ``return_path=True`` also returns the states as an array of shape (steps + 1, N, D), x_T first.
+
+Noise: a stochastic sampler draws exactly one ``rng.standard_normal(x.shape, dtype=x.dtype)`` per
+step that injects noise, in step order, and none on the last step to t = 0, so a refdiff
+trajectory can be replayed anywhere from the same draws (docs/samplers.md, "Noise").
 """
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from .arrays import as_points, check_rng
+from .arrays import as_count, as_points, as_real, check_rng
 from .process import column, eps_to_x0, p_mean
+from .schedule import SPACINGS
 
 VARIANCES = ("beta_tilde", "beta")
 ODE_METHODS = ("euler", "heun")
+GRID_SPACINGS = SPACINGS + ("karras",)
 KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5 and Table 1
 
 
-def ddpm(eps_fn, sched, x_T, rng, variance="beta_tilde", steps=None, spacing=None,
-         mean_shift=None, return_path=False, callback=None):
+def sampling_grid(sched, steps, spacing=None, discrete=False):
+    """The decreasing times a sampler visits before its last step to t = 0.
+
+    Parameters
+    ----------
+    sched : Schedule
+    steps : int in 1..T, or a 1-D strictly decreasing array of times in (0, T] (the grid itself)
+    spacing : None ("leading"), one of SPACINGS (``sched.timesteps``, eq. (S4)) or "karras"
+        (``karras_times``, eq. (D6)); only with an int ``steps``
+    discrete : True for samplers that step between integer timesteps: whole-valued floats become
+        int64, other reals are refused, and "karras" gives the integer timesteps nearest Karras
+        et al.'s grid, repeats dropped (diffusers rounds its Karras timesteps the same way)
+
+    Returns
+    -------
+    int64 array, or float64 for real times, shape (S,)
+    """
+    if np.ndim(steps) == 0 and not isinstance(steps, (str, bytes)):
+        return _grid_of_count(sched, steps, "leading" if spacing is None else spacing, discrete)
+    if spacing is not None:
+        raise ValueError(f"spacing={spacing!r} applies to a step count; an array of times is used as given")
+    grid = _explicit_grid(sched, steps)
+    if discrete and grid.dtype != np.int64:
+        if not np.all(grid == np.round(grid)):
+            raise ValueError("steps must be integer timesteps for this sampler, which steps between the schedule's "
+                             f"integer timesteps (ode and ode_adaptive take real times), got {grid}")
+        grid = grid.astype(np.int64)
+    return grid
+
+
+def _grid_of_count(sched, steps, spacing, discrete):
+    """The grid of ``steps`` steps that ``spacing`` chooses (``sampling_grid``)."""
+    if spacing not in GRID_SPACINGS:
+        raise ValueError(f"spacing must be one of {GRID_SPACINGS}, got {spacing!r}")
+    if spacing != "karras":
+        return sched.timesteps(steps, spacing)
+    ts = karras_times(sched, steps)
+    return np.unique(np.round(ts).astype(np.int64))[::-1].copy() if discrete else ts
+
+
+def _explicit_grid(sched, steps):
+    """``steps`` as a 1-D strictly decreasing array of finite times in (0, T]: int64 or float64."""
+    expected = f"an integer in 1..{sched.T} or a 1-D strictly decreasing array of times in (0, {sched.T}]"
+    try:
+        grid = np.asarray(steps)
+    except (TypeError, ValueError):
+        raise ValueError(f"steps must be {expected}, got {steps!r}") from None
+    numeric = grid.dtype != bool and (np.issubdtype(grid.dtype, np.integer) or np.issubdtype(grid.dtype, np.floating))
+    if not numeric or grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
+        raise ValueError(f"steps must be {expected}, got {steps!r}")
+    if not (np.all(np.diff(grid) < 0) and grid[-1] > 0 and grid[0] <= sched.T):
+        raise ValueError(f"steps must be {expected}, got {grid}")
+    return grid.astype(np.int64 if np.issubdtype(grid.dtype, np.integer) else np.float64)
+
+
+def ddpm(eps_fn, sched, x_T, rng, steps=None, *, spacing=None, variance="beta_tilde", mean_shift=None,
+         return_path=False, callback=None):
     """Ancestral sampling, Ho et al. (2020) Algorithm 2 (eq. (D1)).
 
-    x_{t-1} = mu(x_t, eps) + sigma_t z with mu from eq. (P4) and z ~ N(0, I) for t > 1, z = 0
-    at the last step. sigma_t^2 is beta_tilde_t (eq. (P3), the true posterior variance) or beta_t.
-    With ``steps`` the chain runs on the respaced schedule over ``sched.timesteps(steps, spacing)``
-    (eq. (S5); spacing defaults to "leading"), calling eps_fn with the original timesteps
-    (Nichol & Dhariwal 2021, Sec. 4). ``spacing`` without ``steps`` is an error.
+    x_{t_prev} = mu(x_t, eps) + sigma_t z with mu from eq. (P4) on the chain respaced to the grid
+    (eq. (S5)) and z ~ N(0, I) except at the last step; sigma_t^2 is beta_tilde_t (eq. (P3), the
+    true posterior variance) or beta_t. Without ``steps`` the chain visits every timestep T..1;
+    eps_fn is called with the original timesteps (Nichol & Dhariwal 2021, Sec. 4).
 
     ``mean_shift(x, t) -> g``, if given, moves each step's mean to mu + sigma_t^2 g: the mean-shift
     form of classifier guidance, Dhariwal & Nichol (2021) Algorithm 1 with g from
     ``guidance.classifier_grad`` (eq. (G9)). With sigma_t^2 = beta_tilde_t the shift is 0 at the
-    last step (t = 1); the eps form (G3) instead shifts the mean by (beta_t / sqrt(alpha_t)) g, with
-    the respaced beta and alpha of the step on a respaced chain (G10).
+    last step; the eps form (G3) instead shifts the mean by (beta_t / sqrt(alpha_t)) g, with the
+    respaced beta and alpha of the step on a respaced chain (G10).
 
     Parameters
     ----------
-    eps_fn : callable (x (N, D), t (N,) ints) -> eps (N, D)
-    sched : Schedule
-    x_T : array (N, D), the starting noise (float32 stays float32)
-    rng : numpy.random.Generator
+    eps_fn : callable (x (N, D), t (N,) ints) -> eps (N, D); sched : Schedule
+    x_T : array (N, D), the starting noise (float32 stays float32); rng : numpy.random.Generator
+    steps : None (every timestep), a step count or integer timesteps (``sampling_grid``)
     """
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     if steps is None and spacing is not None:
         raise ValueError(f"spacing={spacing!r} needs steps: without steps DDPM visits every timestep")
-    x = _start(x_T, rng, needs_rng=True)
-    ts = np.arange(sched.T, 0, -1) if steps is None else sched.timesteps(steps, spacing or "leading")
-    sub = sched.respace(ts)
-    var_table = sub.posterior_variance() if variance == "beta_tilde" else sub.betas
+    rng, x = check_rng(rng), as_points(x_T, "x_T")
+    ts = sampling_grid(sched, np.arange(sched.T, 0, -1) if steps is None else steps, spacing, discrete=True)
+    sub = sched.respace(ts)  # (S5): index j of sub stands for timestep ts[S - j]
+    var_table = sub.posterior_variance() if variance == "beta_tilde" else sub.betas  # (P3) or beta
     path = [x]
     for j, t in zip(range(sub.T, 0, -1), ts):
         tt = np.full(x.shape[0], j)
         eps = _call(eps_fn, x, t)
-        x_new = p_mean(sub, x, tt, eps)
-        if mean_shift is not None:
+        x_new = p_mean(sub, x, tt, eps)  # (P4) mu = (x - beta_j / sqrt(1 - a_j) eps) / sqrt(alpha_j)
+        if mean_shift is not None:  # (G9) mu + sigma_j^2 g
             x_new = x_new + column(var_table, tt, x) * _call(mean_shift, x, t, "mean_shift")
-        if j > 1:
+        if j > 1:  # (D1) + sigma_j z, one draw per step but the last
             x_new = x_new + np.sqrt(column(var_table, tt, x)) * rng.standard_normal(x.shape, dtype=x.dtype)
         x = _step_done(x_new, t, eps, path, return_path, callback)
     return (x, np.stack(path)) if return_path else x
 
 
-def ddim(eps_fn, sched, x_T, steps, eta=0.0, spacing="leading", rng=None, return_path=False,
-         callback=None):
+def ddim(eps_fn, sched, x_T, steps, *, eta=0.0, spacing=None, rng=None, return_path=False, callback=None):
     """DDIM, Song et al. (2021) eq. 12 with sigma from eq. 16 (eq. (D2)).
 
     x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma z, where
     x0_hat = eq. (C1), sigma = eta sqrt((1 - a_prev) / (1 - a)) sqrt(1 - a / a_prev), and the
-    last step goes to t = 0 (a_prev = 1). eta = 0 is deterministic; eta = 1 with every timestep
-    has sigma^2 = beta_tilde, DDPM's posterior variance (eq. (D3)).
+    last step goes to t = 0 (a_prev = 1, so sigma = 0 there). eta = 0 is deterministic and
+    needs no rng; eta = 1 with every timestep has sigma^2 = beta_tilde, DDPM's posterior
+    variance (eq. (D3)). ``steps``: a step count or integer timesteps (``sampling_grid``).
     """
-    if not (np.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
-    x = _start(x_T, rng, needs_rng=eta > 0)
-    ts = sched.timesteps(steps, spacing)
+    eta = as_real(eta, "eta", low=0)
+    if eta > 0:
+        check_rng(rng)
+    else:
+        _check_unused_rng(rng)
+    x = as_points(x_T, "x_T")
+    ts = sampling_grid(sched, steps, spacing, discrete=True)
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         tt = np.full(x.shape[0], t)
         a, a_prev = sched.alpha_bar[t], sched.alpha_bar[t_prev]
-        sigma = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+        sigma = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))  # (D2), DDIM eq. 16
         if sigma ** 2 > 1 - a_prev:
             raise ValueError(f"eta = {eta} is too large: sigma^2 exceeds 1 - alpha_bar_prev at t = {t}")
         eps = _call(eps_fn, x, t)
-        x0 = eps_to_x0(sched, x, tt, eps)
-        x_new = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma ** 2) * eps
-        if sigma > 0:
+        x0 = eps_to_x0(sched, x, tt, eps)  # (C1) x0_hat = (x - sqrt(1 - a) eps) / sqrt(a)
+        x_new = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma ** 2) * eps  # (D2), DDIM eq. 12
+        if sigma > 0:  # (D2) + sigma z, one draw per noise-injecting step
             x_new = x_new + sigma * rng.standard_normal(x.shape, dtype=x.dtype)
         x = _step_done(x_new.astype(x.dtype), t, eps, path, return_path, callback)
     return (x, np.stack(path)) if return_path else x
 
 
-def ode(eps_fn, sched, x_T, steps, method="euler", spacing="leading", return_path=False,
-        callback=None):
+def ode(eps_fn, sched, x_T, steps, method="euler", *, spacing=None, rng=None, return_path=False, callback=None):
     """The probability-flow ODE dx~/dsigma = eps(x, t(sigma)) by Euler or Heun steps (eqs. (D4), (D5)).
 
     Song et al. (2021, score SDE), eq. 13 for the VP SDE, written in x~ = x / sqrt(alpha_bar) and
     sigma = sqrt((1 - alpha_bar) / alpha_bar) as in Karras et al. (2022), Sec. 3 (docs/samplers.md).
-    The grid is ``sched.timesteps(steps, spacing)`` then t = 0 (sigma = 0). "euler" is Karras et
-    al.'s Alg. 1 without the corrector and equals ``ddim(eta=0)`` exactly in exact arithmetic
-    (D4); "heun" adds the trapezoid corrector of Alg. 1 on every step except the last
-    one to sigma = 0, which stays Euler. Euler uses ``steps`` eps evaluations, Heun 2 steps - 1.
+    "euler" is Karras et al.'s Alg. 1 without the corrector and equals ``ddim(eta=0)`` exactly in
+    exact arithmetic (D4); "heun" adds the trapezoid corrector of Alg. 1 on every step except
+    the last one to sigma = 0, which stays Euler. Euler uses S eps evaluations, Heun 2 S - 1.
 
     Parameters
     ----------
-    eps_fn : callable (x (N, D), t (N,) ints) -> eps (N, D); sched : Schedule
-    x_T : array (N, D), the starting state at t = the first grid point
-    steps : int in 1..T; method : "euler" or "heun"; spacing : see (S4), or "karras" for the
-        sigma grid of Karras et al. (2022), eq. 5, at real times (eq. (D6))
+    eps_fn : callable (x (N, D), t (N,)) -> eps (N, D); sched : Schedule; x_T : array (N, D) at the
+        first grid time; steps, spacing : the grid, of real or integer times (``sampling_grid``;
+        "karras": eq. (D6)); method : "euler" or "heun"; rng : unused (no noise), for the signature
 
     Returns
     -------
-    x_0 (N, D), and with ``return_path`` the states (steps + 1, N, D). ``callback(t, x, eps)``
+    x_0 (N, D), and with ``return_path`` the states (S + 1, N, D). ``callback(t, x, eps)``
     receives the eps the step used (Heun: the average of its two evaluations).
     """
     if method not in ODE_METHODS:
         raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
-    x = _start(x_T, None, needs_rng=False)
-    ts = karras_times(sched, steps) if spacing == "karras" else sched.timesteps(steps, spacing)
+    _check_unused_rng(rng)
+    x = as_points(x_T, "x_T")
+    ts = sampling_grid(sched, steps, spacing)
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         a, a_prev = float(sched.alpha_bar_at(t)), float(sched.alpha_bar_at(t_prev))  # exact at integers (S6)
@@ -144,8 +210,7 @@ def karras_times(sched, steps, rho=KARRAS_RHO):
     steps shrink geometrically toward the data, so no step jumps across most of the sigma range,
     which is what Heun's corrector needs (D5). Shape (steps,), decreasing floats.
     """
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps, rho = as_count(steps, "steps", low=1), as_real(rho, "rho", above=0)
     s_max, s_min = float(sched.sigma_at(sched.T)), float(sched.sigma_at(1))
     if not np.isfinite(s_max):
         raise ValueError("spacing 'karras' needs alpha_bar_T > 0: sigma(T) is infinite")
@@ -158,48 +223,68 @@ def karras_times(sched, steps, rho=KARRAS_RHO):
     return ts
 
 
-def ode_adaptive(eps_fn, sched, x_T, rtol=1e-6, atol=1e-8):
-    """The probability-flow ODE from t = T to t = 1 by adaptive RK45, then the x0 step to t = 0 (eq. (D5)).
+def ode_adaptive(eps_fn, sched, x_T, steps=None, *, spacing=None, rng=None, rtol=1e-6, atol=1e-8,
+                 return_path=False, callback=None):
+    """The probability-flow ODE between grid points by adaptive RK45, then the x0 step to t = 0 (eq. (D5)).
 
     Integrates dx~/dsigma = eps(sqrt(alpha_bar) x~, t(sigma)) with ``scipy.integrate.solve_ivp``
-    (Dormand-Prince RK45, tolerances rtol, atol on x~ = x / sqrt(alpha_bar)) in sigma from
-    sigma(T) down to sigma(1), calling eps_fn at real t = ``sched.t_of_sigma(sigma)`` (eq. (S6);
-    clipped to [1, T] against bisection round-off), the whole batch as one system. The last step,
-    from t = 1 to t = 0, is the Euler (= DDIM) step x_0 = x~ - sigma(1) eps: a model is only
-    defined for t >= 1, and every fixed-step sampler ends the same way. Song et al. (2021, score
-    SDE), Sec. 4.3, solve the same ODE with RK45.
+    (Dormand-Prince RK45, tolerances rtol, atol on x~ = x / sqrt(alpha_bar)) in sigma from the
+    first grid time to the last (default grid: [T, 1]), the whole batch as one system, calling
+    eps_fn at real t = ``model_time(sched, sigma)`` (eq. (S6)); states at inner grid times come
+    from the solver's dense output. The last step, to t = 0, is the Euler (= DDIM) step
+    x_0 = x~ - sigma eps: a model is only defined for t >= 1, and every fixed-step sampler ends so.
+    Song et al. (2021, score SDE), Sec. 4.3, solve the same ODE with RK45.
 
     Parameters
     ----------
     eps_fn : callable (x (N, D), t (N,) floats in [1, T]) -> eps (N, D); sched : Schedule with
-    alpha_bar_T > 0; x_T : array (N, D) at t = T; rtol, atol : positive floats
+    alpha_bar_T > 0; x_T : array (N, D) at the first grid time; steps, spacing : the grid
+    (``sampling_grid``); rng : unused (no noise), for the signature; rtol, atol : floats > 0
 
-    Returns
-    -------
-    x_0 : array (N, D), in x_T's dtype
+    Returns x_0 (N, D) in x_T's dtype; with ``return_path`` also the states at the grid times and
+    t = 0. ``callback(t, x, eps)`` gets, for a solver interval, the average slope (x~' - x~) /
+    (sigma' - sigma): the eps one Euler step would need to land where RK45 did.
     """
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    rtol, atol = as_real(rtol, "rtol", above=0), as_real(atol, "atol", above=0)
     if not sched.alpha_bar[-1] > 0:
         raise ValueError("ode_adaptive needs alpha_bar_T > 0: sigma(T) is infinite")
-    x = _start(x_T, None, needs_rng=False)
-    shape, T = x.shape, sched.T
-    s_T, s_1 = float(sched.sigma_at(T)), float(sched.sigma_at(1))
+    _check_unused_rng(rng)
+    x = as_points(x_T, "x_T")
+    ts = sampling_grid(sched, np.unique([sched.T, 1])[::-1] if steps is None else steps, spacing)
+    sigmas = [float(sched.sigma_at(t)) for t in ts]
+    x_tilde, path = x.astype(np.float64).reshape(-1) / np.sqrt(float(sched.alpha_bar_at(ts[0]))), [x]
+    for i, x_next in enumerate(_rk45_states(eps_fn, sched, x, x_tilde, sigmas, rtol, atol)):  # x~ at ts[1:]
+        eps = (x_next - x_tilde).reshape(x.shape) / (sigmas[i + 1] - sigmas[i])  # the interval's average slope
+        x_tilde = x_next
+        _step_done(_unscaled(sched, x_tilde, ts[i + 1], x), ts[i], eps.astype(x.dtype), path, return_path, callback)
+    eps = _call(eps_fn, _unscaled(sched, x_tilde, ts[-1], x), ts[-1])
+    # (D4) the Euler step to sigma = 0: x_0 = x~ - sigma eps
+    x0 = _step_done((x_tilde.reshape(x.shape) - sigmas[-1] * eps).astype(x.dtype), ts[-1], eps, path,
+                    return_path, callback)
+    return (x0, np.stack(path)) if return_path else x0
 
-    def slope(sigma, x_tilde):  # dx~/dsigma = eps(x, t(sigma)) with x = x~ / sqrt(1 + sigma^2)
-        t = model_time(sched, sigma)
-        xt = (x_tilde.reshape(shape) / np.sqrt(1.0 + sigma ** 2)).astype(x.dtype)
-        return np.asarray(eps_fn(xt, np.full(shape[0], t)), dtype=np.float64).reshape(-1)
 
-    x_tilde = x.astype(np.float64).reshape(-1) / np.sqrt(sched.alpha_bar[T])
-    if T > 1:
-        sol = solve_ivp(slope, (s_T, s_1), x_tilde, method="RK45", rtol=rtol, atol=atol)
-        if not sol.success:
-            raise RuntimeError(f"solve_ivp failed: {sol.message}")
-        x_tilde = sol.y[:, -1]
-    x1 = (x_tilde.reshape(shape) * np.sqrt(sched.alpha_bar[1])).astype(x.dtype)
-    return (x_tilde.reshape(shape) - s_1 * _call(eps_fn, x1, 1)).astype(x.dtype)
+def _unscaled(sched, x_tilde, t, like):
+    """x = sqrt(alpha_bar(t)) x~ in the shape and dtype of ``like``, from the flat float64 x~."""
+    return (x_tilde.reshape(like.shape) * np.sqrt(float(sched.alpha_bar_at(t)))).astype(like.dtype)
+
+
+def _rk45_states(eps_fn, sched, x, x_tilde, sigmas, rtol, atol):
+    """x~ at sigmas[1:], flattened, by one RK45 solve from sigmas[0] (dense output for the inner
+    points; the end is the solver's own last step). An empty list for a one-point grid."""
+    if len(sigmas) < 2:
+        return []
+    shape = x.shape
+
+    def slope(sigma, state):  # dx~/dsigma = eps(x, t(sigma)) with x = x~ / sqrt(1 + sigma^2)
+        xt = (state.reshape(shape) / np.sqrt(1.0 + sigma ** 2)).astype(x.dtype)
+        return np.asarray(eps_fn(xt, np.full(shape[0], model_time(sched, sigma))), dtype=np.float64).reshape(-1)
+
+    sol = solve_ivp(slope, (sigmas[0], sigmas[-1]), x_tilde, method="RK45", rtol=rtol, atol=atol,
+                    dense_output=len(sigmas) > 2)
+    if not sol.success:
+        raise RuntimeError(f"solve_ivp failed: {sol.message}")
+    return [sol.sol(s) for s in sigmas[1:-1]] + [sol.y[:, -1]]
 
 
 def model_time(sched, sigma):
@@ -208,11 +293,10 @@ def model_time(sched, sigma):
     return float(np.clip(sched.t_of_sigma(min(sigma, float(sched.sigma_at(sched.T)))), 1.0, sched.T))
 
 
-def _start(x_T, rng, needs_rng):
-    """Validate the starting noise and, when the sampler draws noise, the rng."""
-    if needs_rng:
+def _check_unused_rng(rng):
+    """A sampler that draws no noise takes rng for the common signature; a given one must still be a Generator."""
+    if rng is not None:
         check_rng(rng)
-    return as_points(x_T, "x_T")
 
 
 def _call(fn, x, t, name="eps_fn"):
@@ -224,6 +308,7 @@ def _call(fn, x, t, name="eps_fn"):
 
 
 def _step_done(x, t, eps, path, return_path, callback):
+    """Record the new state (``return_path``), tell ``callback``, and return the state."""
     if return_path:
         path.append(x)
     if callback is not None:
