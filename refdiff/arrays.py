@@ -1,12 +1,17 @@
-"""Input checks shared by every module: batch-first points, timesteps, labels (docs/notation.md)."""
+"""Input checks shared by every module: batch-first points, timesteps, counts, real scalars and
+the floating dtypes (docs/notation.md; docs/architecture.md, "Conventions")."""
+import numbers
+
 import numpy as np
 from autograd.tracer import getval
+
+DTYPES = {"float64": np.float64, "float32": np.float32}  # the precisions a model or a sampler may use
 
 
 def as_points(x, name="x", dim=None):
     """Return x as a finite floating array of shape (N, D), raising ValueError otherwise.
 
-    Integer input becomes float64; float32 stays float32 (DESIGN.md, "Precision"). An autograd
+    Integer input becomes float64; float32 stays float32 (docs/architecture.md, "Precision"). An autograd
     box is checked through its value and returned as it is, so gradients flow through every
     function that validates its input this way.
     """
@@ -95,8 +100,47 @@ def as_count(n, name="n", low=0):
     return int(n)
 
 
+def as_real(value, name, low=None, high=None, above=None, below=None, optional=False):
+    """Return value as a float, raising ValueError naming ``name`` unless it is a finite real number
+    within the bounds given: low <= value <= high, above < value < below (each optional). With
+    ``optional``, None is allowed too and returned as it is.
+
+    A real number is an int, a float or a numpy scalar of either, not a bool, a string or an array.
+    The message states the range: "lr must be a finite number > 0, got 'x'", "p_uncond must be a
+    number in [0, 1], got nan", "min_score must be None or a finite number, got inf".
+    """
+    if optional and value is None:
+        return None
+    number = _float_or_nan(value)
+    if not (np.isfinite(number) and (low is None or number >= low) and (high is None or number <= high)
+            and (above is None or number > above) and (below is None or number < below)):
+        allowed = ("None or " if optional else "") + _range_text(low, high, above, below)
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return number
+
+
+def _float_or_nan(value):
+    """float(value) for a real number (an int beyond float64's range is inf), NaN for anything else."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return np.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return np.inf
+
+
+def _range_text(low, high, above, below):
+    """'a finite number', 'a finite number > 0' or 'a number in [0, 1)' for the bounds of ``as_real``."""
+    lower = ("[", ">=", low) if low is not None else ("(", ">", above) if above is not None else None
+    upper = ("]", "<=", high) if high is not None else (")", "<", below) if below is not None else None
+    if lower and upper:
+        return f"a number in {lower[0]}{lower[2]:g}, {upper[2]:g}{upper[0]}"
+    side = lower or upper
+    return "a finite number" + (f" {side[1]} {side[2]:g}" if side else "")
+
+
 def check_rng(rng, name="rng"):
-    """Return rng, raising ValueError unless it is a numpy.random.Generator (DESIGN.md, "Randomness")."""
+    """Return rng, raising ValueError unless it is a numpy.random.Generator (docs/architecture.md, "Randomness")."""
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"{name} must be a numpy.random.Generator, got {type(rng).__name__}")
     return rng

@@ -3,7 +3,7 @@
 
 Each function wraps model callables and returns a plain ``eps_fn`` that every sampler takes, or,
 for the mean-shift form, the gradient that ``samplers.ddpm(..., mean_shift=...)`` adds to its mean.
-Scales follow DESIGN.md: classifier guidance's ``scale`` s multiplies grad log p(y | x_t);
+Scales follow docs/architecture.md, "Scales": classifier guidance's ``scale`` s multiplies grad log p(y | x_t);
 classifier-free guidance's ``w`` is Ho & Salimans' (2022) weight, and diffusers'
 ``guidance_scale`` equals 1 + w (eq. (G6)).
 """
@@ -13,7 +13,7 @@ from autograd import grad
 from autograd.scipy.special import logsumexp
 from autograd.tracer import getval
 
-from .arrays import alpha_bar_of, as_points, as_times
+from .arrays import alpha_bar_of, as_points, as_real, as_times
 from .labels import NULL_LABEL, as_labels
 from .process import eps_to_x0
 
@@ -37,7 +37,7 @@ def classifier_grad(logits_model, sched, y, scale):
     -------
     grad_fn : callable (x (N, D), t) -> (N, D)
     """
-    scale = _finite(scale, "scale")
+    scale = as_real(scale, "scale")
     _check_schedule(logits_model, sched, "logits_model")
 
     def grad_fn(x, t):
@@ -88,7 +88,7 @@ def clip_guidance(eps_model, score_fn, sched, scale):
     -------
     eps_fn : callable (x (N, D), t) -> (N, D)
     """
-    scale = _finite(scale, "scale")
+    scale = as_real(scale, "scale")
     _check_score(score_fn, sched, noise_aware=True)
 
     def grad_fn(x, t):
@@ -114,7 +114,7 @@ def clip_x0_guidance(eps_model, score_fn, sched, scale):
     -------
     eps_fn : callable (x (N, D), t) -> (N, D)
     """
-    scale = _finite(scale, "scale")
+    scale = as_real(scale, "scale")
     _check_schedule(eps_model, sched, "eps_model")
     _check_score(score_fn, sched, noise_aware=False)
 
@@ -175,7 +175,7 @@ def classifier_free_guidance(eps_model, y, w):
     -------
     eps_fn : callable (x (N, D), t) -> (N, D)
     """
-    w = _finite(w, "w")
+    w = as_real(w, "w")
 
     def eps_fn(x, t):
         return cfg_rule(*_both(eps_model, x, t, y), w)
@@ -201,7 +201,7 @@ def rescaled_cfg(eps_model, y, w, phi):
     diffusers' ``guidance_rescale`` applies it to eps as here). Not affine in the predictions, so
     unlike (G5) it depends on the parametrisation it is applied to (G8).
     """
-    w, phi = _finite(w, "w"), _finite(phi, "phi")
+    w, phi = as_real(w, "w"), as_real(phi, "phi")
 
     def eps_fn(x, t):
         cond, uncond = _both(eps_model, x, t, y)
@@ -218,7 +218,7 @@ def interval_cfg(eps_model, y, w, t_low, t_high):
     guidance at high noise collapses diversity and at low noise adds little. refdiff states the
     interval in timesteps, t_low <= t_high in 1..T (sigma of (S6) is increasing in t).
     """
-    w = _finite(w, "w")
+    w = as_real(w, "w")
     if not (isinstance(t_low, (int, np.integer)) and isinstance(t_high, (int, np.integer)) and 1 <= t_low <= t_high):
         raise ValueError(f"t_low and t_high must be integers with 1 <= t_low <= t_high, got {t_low!r}, {t_high!r}")
 
@@ -236,7 +236,7 @@ def w_from_guidance_scale(guidance_scale):
     diffusers computes uncond + guidance_scale * (cond - uncond), which is (G5) with 1 + w in
     place of guidance_scale; guidance_scale = 1 is the conditional model, as is w = 0.
     """
-    return _finite(guidance_scale, "guidance_scale") - 1.0
+    return as_real(guidance_scale, "guidance_scale") - 1.0
 
 
 def _guidance_inputs(x, t, y, sched):
@@ -279,9 +279,3 @@ def _check_score(score_fn, sched, noise_aware):
                          f"(clip_guidance takes noise-aware scores, clip_x0_guidance clean ones)")
     if noise_aware:
         _check_schedule(score_fn, sched, "score_fn")
-
-
-def _finite(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)

@@ -16,7 +16,7 @@ import numpy as np
 from autograd import make_vjp
 from scipy.integrate import solve_ivp
 
-from .arrays import as_count, as_points, check_rng
+from .arrays import as_count, as_points, as_real, check_rng
 from .samplers import model_time
 
 LOG_2PI = np.log(2 * np.pi)
@@ -122,9 +122,7 @@ def log_likelihood(eps_fn, sched, x, divergence="exact", rng=None, n_probes=1, r
     """
     x = as_points(x, "x").astype(np.float64)
     probes = _probes(divergence, rng, n_probes, x.shape)
-    for name, value in (("rtol", rtol), ("atol", atol)):
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    rtol, atol = as_real(rtol, "rtol", above=0), as_real(atol, "atol", above=0)
     if not callable(eps_fn):
         raise ValueError(f"eps_fn must be callable, got {type(eps_fn).__name__}")
     if not callable(log_prior):

@@ -14,14 +14,13 @@ Its price is a bias: E[(M1)] = E(X, Y) + E|X - X'| / n + E|Y - Y'| / m, so compa
 equal sample sizes (the unbiased U-statistic can be negative). The permutation test gets every
 permuted statistic from one pooled distance matrix with matrix products (M2).
 """
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
-from .arrays import as_count, as_points, check_rng
+from .arrays import as_count, as_points, as_real, check_rng
 from .labels import as_labels
 from .oracle import denoising_errors
 from .process import q_sample
@@ -145,8 +144,7 @@ def class_moments(x, y, num_labels):
     counts : int array (K,);  means : float64 array (K, D);  covs : float64 array (K, D, D)
     """
     x = as_points(x, "x")
-    if not isinstance(num_labels, numbers.Integral) or isinstance(num_labels, bool) or num_labels < 1:
-        raise ValueError(f"num_labels must be an int >= 1, got {num_labels!r}")
+    num_labels = as_count(num_labels, "num_labels", low=1)
     if y is None:
         raise ValueError(f"y must be integer labels in 0..{num_labels - 1}, got None")
     labels = as_labels(y, len(x), num_labels, allow_null=False)
@@ -220,8 +218,7 @@ def _check_test_options(rng, n_perm, alpha):
     """Raise ValueError unless rng is a Generator, n_perm an int >= 1 and alpha in (0, 1)."""
     check_rng(rng)
     as_count(n_perm, "n_perm", low=1)
-    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not 0 < alpha < 1:
-        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+    as_real(alpha, "alpha", above=0, below=1)
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ Math time t runs over 0..T with t = 0 the clean data, so every array here has le
 ``alpha_bar[0] == 1``, ``betas[0] == 0``. diffusers and guided-diffusion index the same steps by
 k = t - 1 (docs/notation.md, eq. (N1)).
 """
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
+
+from .arrays import as_count, as_real
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -76,10 +77,8 @@ class Schedule:
         exp(-500 (beta_start + beta_end)) = 4.3e-5 as T grows, 2.0e-5 at T = 100. Below T = 20 the
         rescaled beta_end exceeds 1 and the schedule is rejected.
         """
-        T = _check_T(T)
-        for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        T = as_count(T, "T", low=1)
+        beta_start, beta_end = as_real(beta_start, "beta_start", above=0), as_real(beta_end, "beta_end", above=0)
         scale = 1000.0 / T
         betas = np.linspace(scale * beta_start, scale * beta_end, T)
         if betas.max() > 1:
@@ -94,11 +93,8 @@ class Schedule:
         alpha_bar(t) = f(t) / f(0) with f(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2), and
         beta_t = min(1 - f(t) / f(t - 1), max_beta); diffusers calls it "squaredcos_cap_v2".
         """
-        T = _check_T(T)
-        if not (math.isfinite(s) and s >= 0):
-            raise ValueError(f"s must be a finite number >= 0, got {s}")
-        if not (math.isfinite(max_beta) and 0 < max_beta <= 1):
-            raise ValueError(f"max_beta must be in (0, 1], got {max_beta}")
+        T = as_count(T, "T", low=1)
+        s, max_beta = as_real(s, "s", low=0), as_real(max_beta, "max_beta", above=0, high=1)
         f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * np.pi / 2) ** 2
         return cls.from_betas(np.minimum(1.0 - f[1:] / f[:-1], max_beta))
 
@@ -228,12 +224,6 @@ def _check_times(t, T, name="t"):
     if bad.size:
         raise ValueError(f"{name} must be in [0, {T}], got {bad[0]}")
     return t
-
-
-def _check_T(T):
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-        raise ValueError(f"T must be an integer >= 1, got {T!r}")
-    return int(T)
 
 
 def _check_betas(betas):

@@ -9,7 +9,7 @@ import numpy as np
 from autograd import value_and_grad
 from autograd.scipy.special import logsumexp
 
-from .arrays import as_count, as_points, check_rng
+from .arrays import as_count, as_points, as_real, check_rng
 from .labels import as_labels
 from .nn import DTYPES, Classifier, Denoiser, MLPConfig, classifier_forward, denoiser_forward, init_params
 from .process import q_sample
@@ -65,9 +65,8 @@ def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=
 
     Parameters
     ----------
-    x0 : array (N, D); y : int array (N,) in 0..K-1, or None for an unconditional model
-    sched : Schedule; rng : numpy.random.Generator (the only randomness)
-    num_labels : K, default y.max() + 1
+    x0 : array (N, D); y : int array (N,) in 0..K-1, or None for an unconditional model; num_labels : K,
+        default y.max() + 1; sched : Schedule; rng : numpy.random.Generator (the only randomness)
     hidden, depth, arch : the network (nn.MLPConfig; "resnet" suits tiny images)
     verbose : print one progress line to stderr; on_step : optional callable(step, loss) after each step
 
@@ -77,8 +76,7 @@ def train_denoiser(x0, y, sched, rng, steps=4000, batch=1024, lr=5e-3, p_uncond=
     """
     x0, y, K = _data(x0, y, num_labels, conditional=True)
     batch = as_count(batch, "batch", low=1)
-    if not 0 <= p_uncond <= 1:
-        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
+    p_uncond = as_real(p_uncond, "p_uncond", low=0, high=1)
     config = MLPConfig("denoiser", x0.shape[1], K, hidden, depth, dtype=dtype, arch=arch)
     cast = DTYPES[dtype]
 
@@ -128,38 +126,27 @@ def noised_batch(x0, sched, rng, batch, cast):
 
 
 def fit(loss, params, make_batch, steps, lr, ema, clip, progress=None, on_step=None):
-    """Adam (Kingma & Ba 2015, Algorithm 1; b1 = 0.9, b2 = 0.999) on loss(params, *make_batch()).
+    """Adam on loss(params, *make_batch()) with warm-up and cosine decay, clipping and an EMA (eq. (L7)).
 
-    The learning rate warms up linearly over the first 2% of steps and decays by a half cosine to
-    lr / 10; gradients are clipped to global norm ``clip``; the returned weights are an EMA with
-    decay min(ema, (1 + k) / (10 + k)) at step k (eq. (L7)). ``progress`` (a Progress) and
-    ``on_step(step, loss)`` are told of every step. Returns (ema_params, losses).
+    Each step k: the gradient clipped to global norm ``clip`` (``clip_by_global_norm``), an Adam
+    step (``adam_update``) at the rate ``lr_at(k, steps, lr)``, and the EMA of the weights with
+    decay ``ema_decay(k, ema)``. ``progress`` (a Progress) and ``on_step(step, loss)`` are told of
+    every step. Returns (ema_params, losses).
     """
     steps = as_count(steps, "steps", low=1)
-    for name, value in (("lr", lr), ("clip", clip)):
-        if not (np.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    if not 0 <= ema < 1:
-        raise ValueError(f"ema must be in [0, 1), got {ema}")
+    lr, clip = as_real(lr, "lr", above=0), as_real(clip, "clip", above=0)
+    ema = as_real(ema, "ema", low=0, below=1)
     loss_and_grad = value_and_grad(loss)
     m = {k: np.zeros_like(v) for k, v in params.items()}
     v2 = {k: np.zeros_like(v) for k, v in params.items()}
     avg = {k: v.copy() for k, v in params.items()}
     losses = np.empty(steps)
-    warmup = max(1, steps // 50)
     for k in range(1, steps + 1):
         value, grads = loss_and_grad(params, *make_batch())
-        norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
-        scale = min(1.0, clip / (norm + 1e-12))
-        rate = lr * min(1.0, k / warmup) * (0.55 + 0.45 * np.cos(np.pi * k / steps))
-        decay = min(ema, (1 + k) / (10 + k))
-        for name, g in grads.items():
-            g = g * scale
-            m[name] = 0.9 * m[name] + 0.1 * g
-            v2[name] = 0.999 * v2[name] + 0.001 * g * g
-            step = rate * (m[name] / (1 - 0.9 ** k)) / (np.sqrt(v2[name] / (1 - 0.999 ** k)) + 1e-8)
-            params[name] = params[name] - step.astype(params[name].dtype)
-            avg[name] = decay * avg[name] + (1 - decay) * params[name]
+        rate, decay = lr_at(k, steps, lr), ema_decay(k, ema)
+        for name, g in clip_by_global_norm(grads, clip).items():
+            params[name], m[name], v2[name] = adam_update(params[name], g, m[name], v2[name], k, rate)
+            avg[name] = decay * avg[name] + (1 - decay) * params[name]  # (L7) the EMA of the weights
         losses[k - 1] = value
         for report in (progress and progress.update, on_step):
             if report:
@@ -167,6 +154,39 @@ def fit(loss, params, make_batch, steps, lr, ema, clip, progress=None, on_step=N
     if progress:
         progress.close()
     return avg, losses
+
+
+def lr_at(k, steps, lr):
+    """The learning rate at step k of ``steps`` (eq. (L7)): lr min(1, k / W) (0.55 + 0.45 cos(pi k / steps)).
+
+    A linear warm-up over the first W = max(1, steps // 50) steps (2%), then a half cosine from
+    about lr down to lr / 10 at the last step.
+    """
+    return lr * min(1.0, k / max(1, steps // 50)) * (0.55 + 0.45 * np.cos(np.pi * k / steps))
+
+
+def clip_by_global_norm(grads, clip):
+    """Every gradient times min(1, clip / (||g|| + 1e-12)), ||g|| the norm of all of them together (eq. (L7))."""
+    norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
+    scale = min(1.0, clip / (norm + 1e-12))
+    return {name: g * scale for name, g in grads.items()}
+
+
+def adam_update(param, g, m, v, k, rate):
+    """One Adam step at step k >= 1, Kingma & Ba (2015), Algorithm 1 (eq. (L7)): returns (param', m', v').
+
+    m' = 0.9 m + 0.1 g, v' = 0.999 v + 0.001 g^2, and
+    param' = param - rate (m' / (1 - 0.9^k)) / (sqrt(v' / (1 - 0.999^k)) + 1e-8), in param's dtype.
+    """
+    m = 0.9 * m + 0.1 * g
+    v = 0.999 * v + 0.001 * g * g
+    step = rate * (m / (1 - 0.9 ** k)) / (np.sqrt(v / (1 - 0.999 ** k)) + 1e-8)
+    return param - step.astype(param.dtype), m, v
+
+
+def ema_decay(k, ema):
+    """The EMA's decay at step k (eq. (L7)): min(ema, (1 + k) / (10 + k)), so early weights fade fast."""
+    return min(ema, (1 + k) / (10 + k))
 
 
 class Progress:

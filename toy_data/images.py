@@ -29,7 +29,7 @@ and every registry-wide test and the CLI assume so.
 """
 import numpy as np
 
-from refdiff.arrays import as_count, as_points, check_rng
+from refdiff.arrays import as_count, as_points, as_real, check_rng
 from refdiff.labels import as_labels
 
 SIZE = 8  # images are SIZE x SIZE, flattened to SIZE * SIZE pixels
@@ -238,8 +238,8 @@ def judge_attributes(x, min_score=MIN_SCORE, min_contrast=MIN_CONTRAST):
     "col" of m* (the attributes ``sample`` draws), each NO_MATCH (-1) where ``judge`` rejects the
     image. ``judge(x)`` is this dict's "label".
     """
-    min_score = _as_threshold(min_score, "min_score")
-    min_contrast = _as_threshold(min_contrast, "min_contrast")
+    min_score = as_real(min_score, "min_score", optional=True)
+    min_contrast = as_real(min_contrast, "min_contrast", optional=True)
     corr, norm = _correlations(x)  # (N, M), (N,)
     best = np.argmax(corr, axis=1)  # (N,) m*
     score = corr[np.arange(len(best)), best]
@@ -273,13 +273,3 @@ def box_centre(y, thickness, row, col):
         raise ValueError(f"thickness must hold values in {THICKNESSES}, got {np.unique(thickness)}")
     h, w = _BOXES[y, thickness - 1].T  # (N,), (N,)
     return np.asarray(row) + (h - 1) / 2, np.asarray(col) + (w - 1) / 2
-
-
-def _as_threshold(value, name):
-    """None, or value as a float, raising ValueError unless it is a finite real number."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value):
-        raise ValueError(f"{name} must be None or a finite number, got {value!r}")
-    return float(value)
