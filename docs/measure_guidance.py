@@ -35,7 +35,7 @@ def mixture_tables(learned, n=3000, seed=0):
         else:
             den, clf, kind = mix.eps_model(sched), mix.classifier(sched), "exact"
         y = np.arange(n) % mix.num_labels
-        rows, _ = scale_sweep(den, clf, sched, y, WS, rng.standard_normal((n, 2)), mixture_measures(mix, rng))
+        rows, _ = scale_sweep({"denoiser": den, "classifier": clf}, sched, y, WS, rng.standard_normal((n, 2)), mixture_measures(mix, rng))
         print(f"\n{name}, {kind} models, DDIM-50, n = {n}:\n{format_table(rows)}")
 
 
@@ -49,7 +49,7 @@ def image_table(n=1400, seed=0):
     clf = train_classifier(x0, y0, sched, rng, verbose=False, **CLASSIFIER_IMAGES_SMALL)
     y = np.arange(n) % images.NUM_CLASSES
     sample = lambda eps_fn, x_T: ddpm(eps_fn, sched, x_T, np.random.default_rng(seed + 1), steps=100)
-    rows, _ = scale_sweep(den, clf, sched, y, WS, rng.standard_normal((n, x0.shape[1])), image_measures,
+    rows, _ = scale_sweep({"denoiser": den, "classifier": clf}, sched, y, WS, rng.standard_normal((n, x0.shape[1])), image_measures,
                           sample=sample)
     print(f"\ntiny images, learned models (small budget, trained in {time.perf_counter() - start:.0f} s), "
           f"DDPM-100, n = {n}:\n{format_table(rows)}")

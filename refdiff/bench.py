@@ -14,7 +14,7 @@ import numpy as np
 import toy_data
 from toy_data import images
 
-from .guidance import classifier_free_guidance, classifier_guidance
+from . import methods
 from .metrics import classifier_excess, denoiser_excess, two_sample_test
 from .samplers import ddim, ddpm
 from .schedule import Schedule
@@ -88,15 +88,20 @@ def _quality(mix, sched, den, clf, rng, n_eval, n_samples, p_uncond):
             "ddpm_distance_ratio": learned.statistic / exact.statistic, "ddpm_threshold": learned.threshold}
 
 
-def _sampling_speed(den, clf, sched, num_labels, rng, n=10_000):
-    """Median time of one prediction at N = n: unguided, CFG, classifier guidance, and ratios."""
+def _sampling_speed(den, clf, sched, num_labels, rng, n=10_000, w=3.0):
+    """Median time of one prediction at N = n: unguided, and each guidance method the two models can
+    run (refdiff.methods) at the common strength w, with its ratio to unguided."""
     x, t = rng.standard_normal((n, den.config.dim)), sched.T // 2
     y = rng.integers(0, num_labels, n)
-    fns = {"unguided": lambda: den(x, t, y), "cfg": lambda: classifier_free_guidance(den, y, 3.0)(x, t),
-           "classifier": lambda: classifier_guidance(den, clf, sched, y, 4.0)(x, t)}
+    models = {"denoiser": den, "classifier": clf}
+    fns = {"unguided": lambda: den(x, t, y)}
+    for name in methods.available(models):
+        method = methods.get(name)
+        eps_fn = method.eps_fn(models, sched, y, method.value_at(w))
+        fns[name] = lambda eps_fn=eps_fn: eps_fn(x, t)
     ms = {name: 1e3 * median_time(fn, 9) for name, fn in fns.items()}
     out = {f"sample_step_ms_{name}": value for name, value in ms.items()}
-    out.update({f"sample_step_ratio_{name}": ms[name] / ms["unguided"] for name in ("cfg", "classifier")})
+    out.update({f"sample_step_ratio_{name}": ms[name] / ms["unguided"] for name in fns if name != "unguided"})
     return out
 
 

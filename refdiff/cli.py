@@ -5,6 +5,7 @@ Every subcommand has ``--help``. A user's mistake (a bad argument, a bad value) 
 """
 import argparse
 import ctypes
+import inspect
 import json
 import os
 import sys
@@ -13,18 +14,18 @@ import numpy as np
 
 import toy_data
 
-from . import __version__, bench, checkpoint, datasets
-from .checkpoint import save_npz_atomic
-from .guidance import classifier_free_guidance, classifier_guidance
+from . import __version__, bench, checkpoint, datasets, methods
 from .labels import NULL_LABEL
 from .metrics import class_spread, fidelity
+from .npz import save_npz_atomic
 from .samplers import ddim, ddpm
 from .schedule import Schedule
 from .train import (CLASSIFIER_2D, CLASSIFIER_DEMO, CLASSIFIER_IMAGES_SMALL, DENOISER_2D, DENOISER_DEMO,
                     DENOISER_IMAGES_SMALL, budget, train_classifier, train_denoiser)
 
-GUIDANCE = ("none", "classifier", "cfg")
 IMAGES = "images"  # refdiff demo --data images: the tiny-image demo (demo_images.py)
+CLI_MODELS = ("denoiser", "classifier")  # the models sample and field load: DIR/<name>.npz, or the oracle's
+STRENGTHS = {"w": "the weight w", "s": "the scale s"}  # how --scale reads each convention of refdiff.methods
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,90 +40,20 @@ class UsageError(Exception):
 
 
 def build_parser():
+    """The ``refdiff`` parser: one subcommand per (options, run) pair of COMMANDS.
+
+    A subcommand is named after its ``run_<name>`` function, whose docstring is its help: the
+    first line in the list of subcommands, the rest as the description of ``refdiff <name> --help``.
+    """
     parser = _Parser(prog="refdiff", description="A NumPy reference implementation of guided diffusion.")
     parser.add_argument("--version", action="version", version=f"refdiff {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    data = sub.add_parser("data", help="list the built-in toy data sets, or write a sample of one to .npz",
-                          description="Without NAME, list the data sets. With NAME, draw a labelled "
-                                      "sample and write it to --out as an .npz with arrays x (n, 2) and y (n,).")
-    data.add_argument("name", nargs="?", help="data set name (see the listing)")
-    data.add_argument("-n", type=int, default=1000, help="number of points (default 1000)")
-    data.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    data.add_argument("--out", help="output .npz path (required with NAME)")
-    data.set_defaults(run=run_data)
-
-    bench = sub.add_parser("bench", help="time training and guided sampling; measure learned models against the oracle",
-                           description="Train the default 2D denoiser and noisy classifier on a Gaussian-mixture "
-                                       "preset and print: median train-step times at batch 1024 (float64, float32), "
-                                       "prediction times at N = 10,000 (unguided, CFG, classifier guidance), excess "
-                                       "losses over the oracle's, and unguided DDPM samples against the truth.")
-    bench.add_argument("--data", default="ring8", help="a Gaussian-mixture preset (default ring8)")
-    bench.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    _training_options(bench, DENOISER_2D, CLASSIFIER_2D)
-    bench.add_argument("--n-eval", type=count, default=100_000, help="draws for the excess losses (default 100000)")
-    bench.add_argument("--images", action="store_true",
-                       help="instead, train on the tiny images and judge the samples (several minutes)")
-    bench.set_defaults(run=run_bench)
-
-    demo = sub.add_parser("demo", help="train a guided pair, sweep both guidance methods, write figures and metrics",
-                          description="Train a denoiser (with label dropout) and a noisy classifier on 2D data, "
-                                      "sample classifier guidance and CFG over a sweep of strengths, and write "
-                                      "figures, metrics.json and samples.npz to --out. About 20 s on 2 cores. "
-                                      f"With --data {IMAGES}: on the tiny images, pixel CFG, classifier guidance, "
-                                      "CLIP guidance and latent CFG side by side, and captions steering the "
-                                      "unconditional model (about 90 s; guidance_grid.png, captions.png, "
-                                      "metrics.json, samples.npz); there --denoiser-steps and --classifier-steps "
-                                      f"override the pixel models' budgets ({DENOISER_IMAGES_SMALL['steps']} and "
-                                      f"{CLASSIFIER_IMAGES_SMALL['steps']} steps).")
-    demo.add_argument("--out", default="refdiff-demo", help="output folder (default refdiff-demo)")
-    demo.add_argument("--data", default="three_gaussians",
-                      help="a toy data set name (see refdiff data), an .npz with arrays x and y, or "
-                           f"{IMAGES} for the tiny images (default three_gaussians)")
-    _training_options(demo, DENOISER_DEMO, CLASSIFIER_DEMO)
-    demo.add_argument("--n-per-label", type=count,
-                      help=f"samples per label and strength (default 300; 50 with --data {IMAGES})")
-    demo.set_defaults(run=run_demo)
-
-    train = sub.add_parser("train", help="train a denoiser and a noisy classifier and save them as checkpoints",
-                           description="Train the denoiser (label dropout 0.3) and the noisy classifier with the "
-                                       "default 2D budgets and write DIR/denoiser.npz and DIR/classifier.npz.")
-    _data_option(train, "three_gaussians")
-    train.add_argument("--out", default="refdiff-model", help="output folder (default refdiff-model)")
-    _training_options(train, DENOISER_2D, CLASSIFIER_2D)
-    train.set_defaults(run=run_train)
-
-    sample = sub.add_parser("sample", help="draw guided or unguided samples from a checkpoint or the oracle",
-                            description="Sample with DDIM or DDPM from trained models (--model) or, without "
-                                        "--model, from the exact models of the --data preset; write x and the "
-                                        "requested labels y to --out.")
-    _model_options(sample)
-    sample.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default ddim)")
-    sample.add_argument("--steps", type=count, help="sampling steps (default: 50 for ddim, every step for ddpm)")
-    sample.add_argument("-n", type=count, default=1000, help="number of samples (default 1000)")
-    sample.add_argument("--out", default="samples.npz", help="output .npz (default samples.npz)")
-    sample.set_defaults(run=run_sample)
-
-    field = sub.add_parser("field", help="draw the (guided) score field of a checkpoint or the oracle",
-                           description="Plot the score (or eps) of the chosen model and guidance on a grid at "
-                                       "timestep --t, over the contours of the oracle's noised density when "
-                                       "--data is a preset; write a PNG.")
-    _model_options(field)
-    field.add_argument("--t", type=count, default=200, help="timestep in 1..T (default 200)")
-    field.add_argument("--what", choices=("score", "eps"), default="score", help="the field drawn (default score)")
-    field.add_argument("--kind", choices=("quiver", "stream"), default="quiver", help="arrows or streamlines")
-    field.add_argument("--lim", type=float, default=3.0, help="the grid spans [-lim, lim]^2 (default 3)")
-    field.add_argument("--normalize", action="store_true",
-                       help="draw unit arrows coloured by log10 of their length (quiver only)")
-    field.add_argument("--out", default="field.png", help="output PNG (default field.png)")
-    field.set_defaults(run=run_field)
-
-    verify = sub.add_parser("verify", help="check the identities of docs/ on fresh random inputs",
-                            description="Run the oracle identity checks of docs/ and print each identity with "
-                                        "its largest error and tolerance. Exit status 1 if any fails.")
-    verify.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    verify.add_argument("--only", nargs="+", metavar="LABEL", help="only these docs labels, e.g. G5 C3")
-    verify.set_defaults(run=run_verify)
+    for options, run in COMMANDS:
+        summary, _, description = inspect.getdoc(run).partition("\n\n")
+        command = sub.add_parser(run.__name__[len("run_"):], help=summary[0].lower() + summary[1:].rstrip("."),
+                                 description=description)
+        options(command)
+        command.set_defaults(run=run)
     return parser
 
 
@@ -138,16 +69,23 @@ def _data_option(parser, default):
                         help=f"a toy data set name (see refdiff data) or an .npz with arrays x and y (default {default})")
 
 
+def guidance_choices():
+    """--guidance's choices: "none", then every registered method (refdiff.methods) that needs only CLI_MODELS."""
+    return ("none",) + methods.available(CLI_MODELS)
+
+
 def _model_options(parser):
     """The options that choose the models and the guidance, shared by sample and field."""
     parser.add_argument("--model", help="a folder written by refdiff train; without it, the exact oracle of --data")
     parser.add_argument("--data", default="three_gaussians",
                         help="a Gaussian-mixture preset: the oracle models without --model, and the exact "
                              "p(y | x0) reported with it (default three_gaussians)")
-    parser.add_argument("--guidance", choices=GUIDANCE, default="none", help="guidance method (default none)")
+    choices = guidance_choices()
+    parser.add_argument("--guidance", choices=choices, default="none", help="guidance method (default none)")
+    conventions = ", ".join(f"{STRENGTHS[methods.get(name).parameter]} for {name}" for name in choices[1:])
     parser.add_argument("--scale", type=float,
-                        help="strength: the weight w for cfg (diffusers' guidance_scale - 1), the scale s for "
-                             "classifier; required with guidance")
+                        help=f"strength, in the method's own convention: {conventions} (the CFG weight w is "
+                             "diffusers' guidance_scale - 1); required with guidance")
     parser.add_argument("--label", type=int,
                         help=f"the requested label (default: labels 0..K-1 in turn); {NULL_LABEL} for "
                              "unconditional samples without guidance")
@@ -161,7 +99,23 @@ def count(text):
     return value
 
 
+def bench_options(parser):
+    parser.add_argument("--data", default="ring8", help="a Gaussian-mixture preset (default ring8)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    _training_options(parser, DENOISER_2D, CLASSIFIER_2D)
+    parser.add_argument("--n-eval", type=count, default=100_000, help="draws for the excess losses (default 100000)")
+    parser.add_argument("--images", action="store_true",
+                        help="instead, train on the tiny images and judge the samples (several minutes)")
+
+
 def run_bench(args):
+    """Time training and guided sampling; measure learned models against the oracle.
+
+    Train the default 2D denoiser and noisy classifier on a Gaussian-mixture preset and print:
+    median train-step times at batch 1024 (float64, float32), prediction times at N = 10,000
+    (unguided and each guidance method), excess losses over the oracle's, and unguided DDPM
+    samples against the truth.
+    """
     if args.data not in toy_data.presets():
         raise ValueError(f"--data must be a Gaussian-mixture preset ({', '.join(toy_data.presets())}), got {args.data!r}")
     if args.images:
@@ -177,7 +131,19 @@ def run_bench(args):
     return 0
 
 
+def data_options(parser):
+    parser.add_argument("name", nargs="?", help="data set name (see the listing)")
+    parser.add_argument("-n", type=int, default=1000, help="number of points (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", help="output .npz path (required with NAME)")
+
+
 def run_data(args):
+    """List the built-in toy data sets, or write a sample of one to .npz.
+
+    Without NAME, list the data sets. With NAME, draw a labelled sample and write it to --out as
+    an .npz with arrays x (n, 2) and y (n,).
+    """
     if args.name is None:
         for name in toy_data.names():
             kind = "mixture" if name in toy_data.presets() else "samples"
@@ -191,7 +157,31 @@ def run_data(args):
     return 0
 
 
+def demo_options(parser):
+    parser.add_argument("--out", default="refdiff-demo", help="output folder (default refdiff-demo)")
+    parser.add_argument("--data", default="three_gaussians",
+                        help="a toy data set name (see refdiff data), an .npz with arrays x and y, or "
+                             f"{IMAGES} for the tiny images (default three_gaussians)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    for model, two_d, small in (("denoiser", DENOISER_DEMO, DENOISER_IMAGES_SMALL),
+                                ("classifier", CLASSIFIER_DEMO, CLASSIFIER_IMAGES_SMALL)):
+        parser.add_argument(f"--{model}-steps", type=count,
+                            help=f"{model} steps (default {two_d['steps']}; {small['steps']} with --data {IMAGES})")
+    parser.add_argument("--n-per-label", type=count,
+                        help=f"samples per label and strength (default 300; 50 with --data {IMAGES})")
+
+
 def run_demo(args):
+    """Train a guided pair, sweep the guidance methods, write figures and metrics.
+
+    Train a denoiser (with label dropout) and a noisy classifier on 2D data, sample every
+    guidance method they can run (classifier guidance and CFG) over a sweep of strengths, and
+    write figures, metrics.json and samples.npz to --out. About 20 s on 2 cores. With --data
+    images: on the tiny images, pixel CFG, classifier guidance, CLIP guidance and latent CFG side
+    by side, and captions steering the unconditional model (about 90 s; guidance_grid.png,
+    captions.png, metrics.json, samples.npz); there --denoiser-steps and --classifier-steps
+    override the pixel models' budgets.
+    """
     if args.data == IMAGES:
         from . import demo_images
         budgets = {**demo_images.BUDGETS, "denoiser": budget(DENOISER_IMAGES_SMALL, args.denoiser_steps),
@@ -206,7 +196,18 @@ def run_demo(args):
     return 0
 
 
+def train_options(parser):
+    _data_option(parser, "three_gaussians")
+    parser.add_argument("--out", default="refdiff-model", help="output folder (default refdiff-model)")
+    _training_options(parser, DENOISER_2D, CLASSIFIER_2D)
+
+
 def run_train(args):
+    """Train a denoiser and a noisy classifier and save them as checkpoints.
+
+    Train the denoiser (label dropout 0.3) and the noisy classifier with the default 2D budgets
+    and write DIR/denoiser.npz and DIR/classifier.npz.
+    """
     rng = np.random.default_rng(args.seed)
     data = datasets.load(args.data, 20_000, rng)
     os.makedirs(args.out, exist_ok=True)
@@ -226,30 +227,38 @@ def _guided(args, num=None):
     """The models the options name and the guided eps_fn: (eps_fn, sched, labels, mixture, dim).
 
     labels is an int array of num requested labels (num given, as for sample), or one int (num
-    None, as for field); None means unconditional.
+    None, as for field); None means unconditional. Only the models the method needs are loaded.
     """
     mixture = toy_data.mixture(args.data) if args.data in toy_data.presets() else None
+    loaders, sched, num_labels, dim = _model_loaders(args, mixture)
+    labels = _labels(args, num, num_labels)
+    if (args.scale is None) != (args.guidance == "none"):
+        guided = " or ".join(guidance_choices()[1:])
+        raise ValueError(f"--scale is required with --guidance {guided}, and only then")
+    if args.guidance == "none":
+        den = loaders["denoiser"]()
+        eps_fn = lambda x, t: den(x, t, labels)
+    else:
+        method = methods.get(args.guidance)
+        models = {name: loaders[name]() for name in method.needs}
+        eps_fn = method.eps_fn(models, sched, labels, args.scale)
+    return eps_fn, sched, labels, mixture if mixture is not None and mixture.dim == dim else None, dim
+
+
+def _model_loaders(args, mixture):
+    """{name: () -> model} for CLI_MODELS, and the schedule, number of labels and dimension they share:
+    the checkpoints of --model DIR (the denoiser read at once), or else the exact models of --data."""
     if args.model is None:
         if mixture is None:
             raise ValueError(f"--data must be a Gaussian-mixture preset ({', '.join(toy_data.presets())}) "
                              f"without --model, got {args.data!r}")
         sched = Schedule.linear(1000)
-        den, clf = mixture.eps_model(sched), lambda: mixture.classifier(sched)
-        num_labels, dim = mixture.num_labels, mixture.dim
-    else:
-        den = checkpoint.load(os.path.join(args.model, "denoiser.npz"))
-        sched, num_labels, dim = den.sched, den.config.num_labels, den.config.dim
-        clf = lambda: checkpoint.load(os.path.join(args.model, "classifier.npz"))
-    labels = _labels(args, num, num_labels)
-    if (args.scale is None) != (args.guidance == "none"):
-        raise ValueError("--scale is required with --guidance classifier or cfg, and only then")
-    if args.guidance == "cfg":
-        eps_fn = classifier_free_guidance(den, labels, args.scale)
-    elif args.guidance == "classifier":
-        eps_fn = classifier_guidance(den, clf(), sched, labels, args.scale)
-    else:
-        eps_fn = lambda x, t: den(x, t, labels)
-    return eps_fn, sched, labels, mixture if mixture is not None and mixture.dim == dim else None, dim
+        loaders = {"denoiser": lambda: mixture.eps_model(sched), "classifier": lambda: mixture.classifier(sched)}
+        return loaders, sched, mixture.num_labels, mixture.dim
+    den = checkpoint.load(os.path.join(args.model, "denoiser.npz"))
+    loaders = {"denoiser": lambda: den,
+               "classifier": lambda: checkpoint.load(os.path.join(args.model, "classifier.npz"))}
+    return loaders, den.sched, den.config.num_labels, den.config.dim
 
 
 def _labels(args, num, num_labels):
@@ -266,7 +275,20 @@ def _labels(args, num, num_labels):
     return args.label if num is None else np.full(num, args.label)
 
 
+def sample_options(parser):
+    _model_options(parser)
+    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default ddim)")
+    parser.add_argument("--steps", type=count, help="sampling steps (default: 50 for ddim, every step for ddpm)")
+    parser.add_argument("-n", type=count, default=1000, help="number of samples (default 1000)")
+    parser.add_argument("--out", default="samples.npz", help="output .npz (default samples.npz)")
+
+
 def run_sample(args):
+    """Draw guided or unguided samples from a checkpoint or the oracle.
+
+    Sample with DDIM or DDPM from trained models (--model) or, without --model, from the exact
+    models of the --data preset; write x and the requested labels y to --out.
+    """
     eps_fn, sched, labels, mixture, dim = _guided(args, args.n)
     rng = np.random.default_rng(args.seed)
     x_T = rng.standard_normal((args.n, dim))
@@ -284,7 +306,23 @@ def run_sample(args):
     return 0
 
 
+def field_options(parser):
+    _model_options(parser)
+    parser.add_argument("--t", type=count, default=200, help="timestep in 1..T (default 200)")
+    parser.add_argument("--what", choices=("score", "eps"), default="score", help="the field drawn (default score)")
+    parser.add_argument("--kind", choices=("quiver", "stream"), default="quiver", help="arrows or streamlines")
+    parser.add_argument("--lim", type=float, default=3.0, help="the grid spans [-lim, lim]^2 (default 3)")
+    parser.add_argument("--normalize", action="store_true",
+                        help="draw unit arrows coloured by log10 of their length (quiver only)")
+    parser.add_argument("--out", default="field.png", help="output PNG (default field.png)")
+
+
 def run_field(args):
+    """Draw the (guided) score field of a checkpoint or the oracle.
+
+    Plot the score (or eps) of the chosen model and guidance on a grid at timestep --t, over the
+    contours of the oracle's noised density when --data is a preset; write a PNG.
+    """
     from matplotlib.figure import Figure
 
     from . import plot
@@ -302,11 +340,26 @@ def run_field(args):
     return 0
 
 
+def verify_options(parser):
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--only", nargs="+", metavar="LABEL", help="only these docs labels, e.g. G5 C3")
+
+
 def run_verify(args):
+    """Check the identities of docs/ on fresh random inputs.
+
+    Run the oracle identity checks of docs/ and print each identity with its largest error and
+    tolerance. Exit status 1 if any fails.
+    """
     from . import verify
     results = verify.run_checks(args.seed, args.only)
     print(verify.format_results(results))
     return 0 if all(r.passed for r in results) else 1
+
+
+COMMANDS = ((data_options, run_data), (bench_options, run_bench), (demo_options, run_demo),
+            (train_options, run_train), (sample_options, run_sample), (field_options, run_field),
+            (verify_options, run_verify))
 
 
 def tune_malloc():

@@ -3,7 +3,8 @@
 Steps (each printed as it runs):
 1. draw the data (a preset brings its oracle) and train the denoiser, with label dropout, and the
    noisy classifier on the demo budgets (train.DENOISER_DEMO, train.CLASSIFIER_DEMO);
-2. sample both methods over the strengths ``ws`` from one x_T with DDIM-50 (sweep.scale_sweep),
+2. sample every guidance method the two models can run (refdiff.methods: classifier guidance and
+   CFG) over the strengths ``ws`` from one x_T with DDIM-50 (sweep.scale_sweep),
    n_per_label samples per label, and measure them: for a preset, the fidelity (M7), spread (M8)
    and energy distance to p(x | y); otherwise spread and energy distance to the data's classes;
 3. write ``metrics.json``, ``samples.npz`` and the figures ``scale_sweep.png``, ``fields.png``,
@@ -15,12 +16,12 @@ import time
 
 import numpy as np
 
-from . import plot
-from .checkpoint import save_npz_atomic
-from .guidance import classifier_free_guidance, classifier_guidance
+from . import methods, plot
+from .guidance import classifier_free_guidance
+from .npz import save_npz_atomic
 from .samplers import ddim
 from .schedule import Schedule
-from .sweep import METHODS, data_measures, format_table, mixture_measures, scale_sweep
+from .sweep import data_measures, format_table, mixture_measures, scale_sweep
 from .train import CLASSIFIER_DEMO, DENOISER_DEMO, train_classifier, train_denoiser
 
 WS = (0.0, 0.5, 1.0, 3.0, 6.0)
@@ -52,44 +53,37 @@ def run(data, out_dir, rng, den_opts=DENOISER_DEMO, clf_opts=CLASSIFIER_DEMO, ws
     x_T = rng.standard_normal((len(y), 2))
     measure = (mixture_measures(data.mixture, rng) if data.mixture is not None
                else data_measures(data.x, data.y, data.num_labels))
-    say(f"sampling {len(y)} points for each of {len(METHODS)} methods x {len(ws)} strengths (DDIM-50)")
-    rows, samples = scale_sweep(den, clf, sched, y, ws, x_T, measure)
+    models = {"denoiser": den, "classifier": clf}
+    say(f"sampling {len(y)} points for each of {len(methods.available(models))} methods x {len(ws)} strengths "
+        "(DDIM-50)")
+    rows, samples = scale_sweep(models, sched, y, ws, x_T, measure)
     metrics = {"data": data.name, "train_seconds": train_seconds, "n_per_label": n_per_label, "rows": rows}
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
     save_npz_atomic(os.path.join(out_dir, "samples.npz"), y=y,
                     **{f"{method}_w{w:g}": x for (method, w), x in samples.items()})
     say("drawing the figures")
-    _figures(out_dir, data, den, clf, sched, samples, y, x_T, rows, ws)
+    _figures(out_dir, data, models, sched, samples, y, x_T, rows, ws)
     say(format_table(rows))
     say(f"wrote metrics.json, samples.npz and the figures to {out_dir} ({time.perf_counter() - start:.0f} s)")
     return metrics
 
 
-def _figures(out_dir, data, den, clf, sched, samples, y, x_T, rows, ws):
+def _figures(out_dir, data, models, sched, samples, y, x_T, rows, ws):
     """The demo's PNGs (matplotlib's Agg canvas, so no display is needed)."""
     from matplotlib.figure import Figure
 
     lim = float(np.ceil(np.abs(data.x).max() + 0.5))
-    fig = Figure(figsize=(2.6 * len(ws), 5.4))
-    plot.scale_sweep_grid(fig, samples, y, METHODS, ws, lim=lim)
+    names = list(dict.fromkeys(method for method, _ in samples))
+    fig = Figure(figsize=(2.6 * len(ws), 2.7 * len(names)))
+    plot.scale_sweep_grid(fig, samples, y, names, ws, lim=lim)
     save_figure(fig, os.path.join(out_dir, "scale_sweep.png"))
-
-    target = 0
-    fields = {"unconditional": lambda x, t: den(x, t),
-              f"CFG w = {FIELD_W:g}, label {target}": classifier_free_guidance(den, target, FIELD_W),
-              f"classifier guidance s = {1 + FIELD_W:g}, label {target}":
-                  classifier_guidance(den, clf, sched, target, 1 + FIELD_W)}
-    fig = Figure(figsize=(15, 5))
-    for i, (title, field) in enumerate(fields.items()):
-        ax = fig.add_subplot(1, 3, i + 1)
-        plot.vector_field(ax, field, sched, FIELD_T, lim=lim, n=17, density=data.mixture, normalize=True)
-        ax.set_title(f"{title}, t = {FIELD_T}")
-    save_figure(fig, os.path.join(out_dir, "fields.png"))
+    _fields_figure(os.path.join(out_dir, "fields.png"), data, models, sched, names, lim)
 
     fig = Figure(figsize=(6, 6))
     ax = fig.add_subplot(1, 1, 1)
     few = np.arange(min(60, len(y)))
+    den = models["denoiser"]
     _, path = ddim(classifier_free_guidance(den, y[few], FIELD_W), sched, x_T[few], 50, return_path=True)
     plot.trajectories(ax, path, y=y[few])
     ax.set_title(f"DDIM-50 paths with CFG, w = {FIELD_W:g}")
@@ -99,6 +93,26 @@ def _figures(out_dir, data, den, clf, sched, samples, y, x_T, rows, ws):
         fig = Figure(figsize=(6, 5))
         plot.fidelity_diversity(fig.add_subplot(1, 1, 1), rows)
         save_figure(fig, os.path.join(out_dir, "fidelity_diversity.png"))
+
+
+def _fields_figure(path, data, models, sched, names, lim, target=0):
+    """fields.png: the unconditional score field and each method's, guided toward label ``target``
+    at the common strength FIELD_W, at t = FIELD_T."""
+    from matplotlib.figure import Figure
+
+    den = models["denoiser"]
+    fields = {"unconditional": lambda x, t: den(x, t)}
+    for name in names:
+        method = methods.get(name)
+        value = method.value_at(FIELD_W)
+        fields[f"{method.label} {method.parameter} = {value:g}, label {target}"] = method.eps_fn(
+            models, sched, target, value)
+    fig = Figure(figsize=(5 * len(fields), 5))
+    for i, (title, field) in enumerate(fields.items()):
+        ax = fig.add_subplot(1, len(fields), i + 1)
+        plot.vector_field(ax, field, sched, FIELD_T, lim=lim, n=17, density=data.mixture, normalize=True)
+        ax.set_title(f"{title}, t = {FIELD_T}")
+    save_figure(fig, path)
 
 
 def save_figure(fig, path):

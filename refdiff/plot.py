@@ -1,24 +1,25 @@
 """Plots: vector fields, sample scatters, trajectories, image grids and the fidelity-diversity
-curve (DESIGN.md, "plot.py").
+curve (docs/architecture.md, "apps").
 
 Every function draws on an ``ax`` (``scale_sweep_grid`` on a ``fig``) that the caller made, and
 returns it; nothing here creates a figure, picks a backend or shows a window, so all of it runs
 under Agg. The functions compute nothing the library does not expose: a field is the caller's
 ``eps_fn`` evaluated on a grid and turned into a score by ``process.eps_to_score`` (C3), a density
 is ``GaussianMixture.log_prob_noised`` (O1), and the fidelity-diversity numbers come from
-``sweep.scale_sweep`` (M7, M8). A label has the same colour in every plot (``label_colors``).
+``sweep.scale_sweep`` (M7, M8). A label has the same colour in every plot (``label_colors``); a
+guidance method is named by its registry entry (``refdiff.methods``, ``Method.title``).
 """
 import math
 
 import matplotlib
 import numpy as np
 
-from .arrays import as_count, as_int_batch, as_points, as_timesteps
+from . import methods as registry
+from .arrays import as_count, as_int_batch, as_points, as_real, as_timesteps
 from .process import eps_to_score
 
 FIELDS = ("score", "eps")
 KINDS = ("quiver", "stream")
-METHOD_NAMES = {"classifier": "classifier guidance (s = 1 + w)", "cfg": "CFG"}  # sweep.METHODS
 
 
 def label_colors(num_labels):
@@ -48,9 +49,8 @@ def vector_field(ax, field_fn, sched, t, lim=3.0, n=21, what="score", kind="quiv
 
     Parameters
     ----------
-    ax : matplotlib Axes
+    ax : matplotlib Axes; sched : Schedule; t : int in 1..sched.T
     field_fn : callable (x (M, 2), t (M,) ints) -> eps (M, 2), an eps_fn (guided or not)
-    sched : Schedule; t : int in 1..sched.T
     lim : float > 0; n : int >= 2, grid points per side (M = n * n)
     what : "score" (eps_to_score, eq. (C3)) or "eps" (the raw prediction)
     kind : "quiver" (ax.quiver, one arrow per grid point) or "stream" (ax.streamplot)
@@ -60,9 +60,7 @@ def vector_field(ax, field_fn, sched, t, lim=3.0, n=21, what="score", kind="quiv
         its length. Far from the data the score grows like |x| / (1 - alpha_bar), so plain arrows
         near the modes shrink to dots; normalised ones show the direction everywhere.
 
-    Returns
-    -------
-    ax
+    Returns ax.
     """
     if what not in FIELDS:
         raise ValueError(f"what must be one of {FIELDS}, got {what!r}")
@@ -71,9 +69,39 @@ def vector_field(ax, field_fn, sched, t, lim=3.0, n=21, what="score", kind="quiv
     if y is not None and density is None:
         raise ValueError(f"y={y!r} selects the class of density's contours; pass density too")
     t = int(as_timesteps(t, 1, sched.T)[0])
-    lim, n, levels = _positive(lim, "lim"), as_count(n, "n", low=2), as_count(levels, "levels", low=1)
+    lim, n, levels = as_real(lim, "lim", above=0), as_count(n, "n", low=2), as_count(levels, "levels", low=1)
+    X, Y, U, V = field_on_grid(field_fn, sched, t, lim, n, what)
+    if density is not None:
+        grid = np.stack([X.ravel(), Y.ravel()], axis=1)
+        log_q = density.log_prob_noised(grid, sched.alpha_bar[t], y)  # (M,), eq. (O1)
+        ax.contour(X, Y, log_q.reshape(n, n), levels=levels, colors="0.6", linewidths=0.8, linestyles="solid")
+    _arrows(ax, X, Y, U, V, kind, normalize)
+    ax.set_title(f"t = {t}")
+    return _square(ax, lim)
+
+
+def _arrows(ax, X, Y, U, V, kind, normalize):
+    """The field (U, V) at the grid (X, Y) as arrows ("quiver"; unit ones coloured by log10 of the
+    length with ``normalize``) or as streamlines ("stream")."""
+    if kind == "quiver" and normalize:
+        length = np.hypot(U, V)
+        unit = np.where(length > 0, length, 1.0) / (0.8 * (X[0, 1] - X[0, 0]))  # 0.8 grid steps long
+        ax.quiver(X, Y, U / unit, V / unit, np.log10(np.maximum(length, 1e-300)), angles="xy",
+                  scale_units="xy", scale=1.0, pivot="mid", cmap="viridis")
+    elif kind == "quiver":
+        ax.quiver(X, Y, U, V, angles="xy", color="0.15")
+    else:
+        ax.streamplot(X, Y, U, V, color="0.15", linewidth=0.8, density=1.0)
+
+
+def field_on_grid(field_fn, sched, t, lim, n, what):
+    """The score (C3) or the eps of ``field_fn`` at integer timestep t on the n x n grid over [-lim, lim]^2.
+
+    Returns (X, Y, U, V), each (n, n): the grid's coordinates (X[i, j] = xs[j], Y[i, j] = xs[i] for
+    xs = linspace(-lim, lim, n)) and the field's two components there.
+    """
     xs = np.linspace(-lim, lim, n)
-    X, Y = np.meshgrid(xs, xs)  # (n, n) each; X[i, j] = xs[j], Y[i, j] = xs[i]
+    X, Y = np.meshgrid(xs, xs)  # (n, n) each
     grid = np.stack([X.ravel(), Y.ravel()], axis=1)  # (M, 2), row-major over (i, j)
     tt = np.full(len(grid), t)
     out = np.asarray(field_fn(grid, tt))
@@ -81,21 +109,7 @@ def vector_field(ax, field_fn, sched, t, lim=3.0, n=21, what="score", kind="quiv
         raise ValueError(f"field_fn must return an array of shape {grid.shape}, got shape {out.shape}")
     out = as_points(out, "field_fn's output")
     field = eps_to_score(sched, tt, out) if what == "score" else out  # (M, 2)
-    if density is not None:
-        log_q = density.log_prob_noised(grid, sched.alpha_bar[t], y)  # (M,), eq. (O1)
-        ax.contour(X, Y, log_q.reshape(n, n), levels=levels, colors="0.6", linewidths=0.8, linestyles="solid")
-    U, V = field[:, 0].reshape(n, n), field[:, 1].reshape(n, n)
-    if kind == "quiver" and normalize:
-        length = np.hypot(U, V)
-        unit = np.where(length > 0, length, 1.0) / (0.8 * (xs[1] - xs[0]))  # 0.8 grid steps long
-        ax.quiver(X, Y, U / unit, V / unit, np.log10(np.maximum(length, 1e-300)), angles="xy",
-                  scale_units="xy", scale=1.0, pivot="mid", cmap="viridis")
-    elif kind == "quiver":
-        ax.quiver(X, Y, U, V, angles="xy", color="0.15")
-    else:
-        ax.streamplot(X, Y, U, V, color="0.15", linewidth=0.8, density=1.0)
-    ax.set_title(f"t = {t}")
-    return _square(ax, lim)
+    return X, Y, field[:, 0].reshape(n, n), field[:, 1].reshape(n, n)
 
 
 def scale_sweep_grid(fig, samples, y, methods, ws, lim=3.0, s=2):
@@ -107,7 +121,7 @@ def scale_sweep_grid(fig, samples, y, methods, ws, lim=3.0, s=2):
     fig : matplotlib Figure (subplots are added to it)
     samples : dict {(method, w): array (N, 2)}, as ``scale_sweep`` returns
     y : int array (N,), the requested labels (>= 0)
-    methods : sequence of keys of METHOD_NAMES ("classifier", "cfg"); ws : sequence of w
+    methods : sequence of names of registered guidance methods (``refdiff.methods``); ws : sequence of w
     lim : float > 0, the axes limits [-lim, lim]; s : marker size
 
     Returns
@@ -115,15 +129,8 @@ def scale_sweep_grid(fig, samples, y, methods, ws, lim=3.0, s=2):
     axes : object array (len(methods), len(ws)) of Axes
     """
     methods, ws = list(methods), list(ws)
-    bad = [m for m in methods if m not in METHOD_NAMES]
-    if bad or not methods:
-        raise ValueError(f"methods must be a non-empty sequence of {tuple(METHOD_NAMES)}, got {methods}")
-    if not ws:
-        raise ValueError("ws must hold at least one strength w")
-    missing = [(m, w) for m in methods for w in ws if (m, w) not in samples]
-    if missing:
-        raise ValueError(f"samples has no entry for (method, w) = {missing[0]}")
-    lim = _positive(lim, "lim")
+    _check_sweep(samples, methods, ws)
+    lim = as_real(lim, "lim", above=0)
     first = as_points(samples[methods[0], ws[0]], f"samples[{methods[0]!r}, {ws[0]!r}]", dim=2)
     colors = _colors_of(y, len(first))  # (N, 4)
     axes = fig.subplots(len(methods), len(ws), squeeze=False, sharex=True, sharey=True)
@@ -139,8 +146,20 @@ def scale_sweep_grid(fig, samples, y, methods, ws, lim=3.0, s=2):
             if i == 0:
                 ax.set_title(f"w = {w:g}")
             if j == 0:
-                ax.set_ylabel(METHOD_NAMES[method])
+                ax.set_ylabel(registry.get(method).title())
     return axes
+
+
+def _check_sweep(samples, methods, ws):
+    """Raise ValueError unless methods are registered, ws is non-empty and samples has every (method, w)."""
+    bad = [m for m in methods if m not in registry.METHODS]
+    if bad or not methods:
+        raise ValueError(f"methods must be a non-empty sequence of {tuple(registry.METHODS)}, got {methods}")
+    if not ws:
+        raise ValueError("ws must hold at least one strength w")
+    missing = [(m, w) for m in methods for w in ws if (m, w) not in samples]
+    if missing:
+        raise ValueError(f"samples has no entry for (method, w) = {missing[0]}")
 
 
 def trajectories(ax, path, y=None, every=1, max_paths=50):
@@ -198,7 +217,8 @@ def image_grid(ax, x, ncols=10, vmin=-1.0, vmax=1.0):
     if h * h != x.shape[1] or len(x) == 0:
         raise ValueError(f"x must have shape (N, h * h) with N >= 1, got shape {x.shape}")
     ncols = as_count(ncols, "ncols", low=1)
-    if not (np.isfinite(vmin) and np.isfinite(vmax) and vmin < vmax):
+    vmin, vmax = as_real(vmin, "vmin"), as_real(vmax, "vmax")
+    if not vmin < vmax:
         raise ValueError(f"vmin and vmax must be finite with vmin < vmax, got {vmin}, {vmax}")
     rows, cols = -(-len(x) // ncols), min(len(x), ncols)
     canvas = np.full((rows * (h + 1) - 1, cols * (h + 1) - 1), np.nan)
@@ -242,7 +262,7 @@ def fidelity_diversity(ax, rows):
         se = [r["fidelity_se"] for r in mine] if all("fidelity_se" in r for r in mine) else None
         marker, line, offset = styles[i % len(styles)]
         ax.errorbar(spread, fid, yerr=se, marker=marker, linestyle=line, markersize=4, capsize=0,
-                    label=METHOD_NAMES.get(method, str(method)))
+                    label=registry.get(method).title() if method in registry.METHODS else str(method))
         for r, sx, fy in zip(mine, spread, fid):
             ax.annotate(f"w={r['w']:g}", (sx, fy), xytext=offset, textcoords="offset points", fontsize=7)
     ax.set_xlabel("per-class spread (M8)")
@@ -257,13 +277,6 @@ def _colors_of(y, n):
     if n and y.min() < 0:
         raise ValueError(f"y must be labels >= 0, got {y.min()}")
     return label_colors(int(y.max()) + 1 if n else 1)[y]
-
-
-def _positive(v, name):
-    """v as a float, raising ValueError unless it is finite and > 0."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not (np.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    return float(v)
 
 
 def _square(ax, lim):

@@ -1,39 +1,38 @@
 """Guidance over a sweep of scales: samples and the fidelity-diversity table (docs/guidance.md).
 
-Both methods are indexed by one strength: the CFG weight w, with classifier guidance at the scale
-s = 1 + w that makes the two rules equal on exact models (eq. (G5)). Every sample of a sweep starts
-from the same x_T, so the differences between scales are the guidance's, not the draws'.
+Every method of the registry (refdiff.methods) is indexed by one strength: the CFG weight w, with
+a classifier-scale method at s = 1 + w, which makes classifier guidance and CFG equal on exact
+models (eq. (G5)). Every sample of a sweep starts from the same x_T, so the differences between
+scales are the guidance's, not the draws'.
 """
 import numpy as np
 
 from toy_data import images
 
+from . import methods as registry
 from .arrays import check_rng
-from .guidance import classifier_free_guidance, classifier_guidance
 from .metrics import class_spread, energy_distance, fidelity
 from .samplers import ddim
 
-METHODS = ("classifier", "cfg")
+
+def guided_eps_fn(method, w, models, sched, y):
+    """The eps_fn of the registered method ``method`` at the common strength w: its own strength is
+    ``Method.value_at(w)``, w for CFG (G5) and s = 1 + w for classifier guidance (G3)."""
+    chosen = registry.get(method)
+    return chosen.eps_fn(models, sched, y, chosen.value_at(w))
 
 
-def guided_eps_fn(method, w, eps_model, logits_model, sched, y):
-    """The eps_fn of one method at strength w: CFG with weight w (G5), or classifier guidance with
-    scale s = 1 + w on the unconditional denoiser (G3). ``logits_model`` is unused by CFG."""
-    if method == "cfg":
-        return classifier_free_guidance(eps_model, y, w)
-    if method == "classifier":
-        return classifier_guidance(eps_model, logits_model, sched, y, 1.0 + w)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-
-
-def scale_sweep(eps_model, logits_model, sched, y, ws, x_T, measure, methods=METHODS, sample=None):
+def scale_sweep(models, sched, y, ws, x_T, measure, methods=None, sample=None):
     """Samples for every method and strength, and their measures.
 
     Parameters
     ----------
+    models : mapping of model names to models, e.g. {"denoiser": eps_model, "classifier": logits_model}
+        (refdiff.methods names what each method reads)
     y : int array (N,), the requested labels; ws : iterable of CFG weights w
     x_T : array (N, D), the common starting noise
     measure : callable (x, y) -> dict of floats, e.g. ``mixture_measures(...)``
+    methods : names of registered methods; default every one that ``models`` can run
     sample : callable (eps_fn, x_T) -> x, the sampler; default DDIM with 50 steps (eta = 0). A
         stochastic sampler should draw its noise from a fresh generator with one seed per call, so
         that every run sees the same noise too.
@@ -41,15 +40,17 @@ def scale_sweep(eps_model, logits_model, sched, y, ws, x_T, measure, methods=MET
     Returns
     -------
     rows : list of dicts {"method", "w", "scale", **measure(x, y)}, methods outer, w inner;
-        scale is 1 + w for both methods
+        scale is 1 + w for every method (the classifier scale, and diffusers' guidance_scale)
     samples : dict {(method, w): array (N, D)}
     """
+    if methods is None:
+        methods = registry.available(name for name, model in models.items() if model is not None)
     if sample is None:
         sample = lambda eps_fn, x: ddim(eps_fn, sched, x, 50)
     rows, samples = [], {}
     for method in methods:
         for w in ws:
-            x = sample(guided_eps_fn(method, w, eps_model, logits_model, sched, y), x_T)
+            x = sample(guided_eps_fn(method, w, models, sched, y), x_T)
             samples[method, w] = x
             rows.append({"method": method, "w": float(w), "scale": 1.0 + float(w), **measure(x, y)})
     return rows, samples

@@ -7,23 +7,26 @@ import toy_data
 from refdiff.metrics import class_spread, energy_distance, fidelity
 from refdiff.samplers import ddim
 from refdiff.schedule import Schedule
-from refdiff.sweep import METHODS, format_table, guided_eps_fn, image_measures, mixture_measures, scale_sweep
+from refdiff import methods
+from refdiff.sweep import format_table, guided_eps_fn, image_measures, mixture_measures, scale_sweep
 from toy_data import images
 
 SCHED = Schedule.linear(1000)
 MIX = toy_data.mixture("three_overlapping")
+METHODS = methods.available(("denoiser", "classifier"))  # the registered methods these models run
 
 
 def test_sweep_rows_samples_and_the_methods_agree_on_exact_models():
     n, ws = 300, (0.0, 1.0, 3.0)
     y, x_T = np.arange(n) % 3, np.random.default_rng(0).standard_normal((n, 2))
     model, logits = MIX.eps_model(SCHED), MIX.classifier(SCHED)
-    rows, samples = scale_sweep(model, logits, SCHED, y, ws, x_T, mixture_measures(MIX, np.random.default_rng(1)),
+    models = {"denoiser": model, "classifier": logits}
+    rows, samples = scale_sweep(models, SCHED, y, ws, x_T, mixture_measures(MIX, np.random.default_rng(1)),
                                 sample=lambda f, x: ddim(f, SCHED, x, 20))
     assert [(r["method"], r["w"], r["scale"]) for r in rows] == [(m, w, 1 + w) for m in METHODS for w in ws]
     assert set(samples) == {(m, w) for m in METHODS for w in ws}
     for w in ws:  # each sample is the DDIM run of its guided eps_fn from the common x_T
-        want = ddim(guided_eps_fn("cfg", w, model, logits, SCHED, y), SCHED, x_T, 20)
+        want = ddim(guided_eps_fn("cfg", w, models, SCHED, y), SCHED, x_T, 20)
         np.testing.assert_array_equal(samples["cfg", w], want)
         # (G5): on exact models CFG(w) and classifier guidance (1 + w) give the same chain.
         np.testing.assert_allclose(samples["classifier", w], samples["cfg", w], atol=1e-7)
@@ -32,9 +35,9 @@ def test_sweep_rows_samples_and_the_methods_agree_on_exact_models():
     assert first["spread"] == pytest.approx(np.mean(class_spread(samples["classifier", 0.0], y, 3)), rel=1e-12)
     fid = [r["fidelity"] for r in rows if r["method"] == "cfg"]
     assert fid[0] < fid[1] < fid[2]  # numbers and their monotonicity: tests/test_guidance.py
-    default, _ = scale_sweep(model, logits, SCHED, y, (1.0,), x_T, lambda x, y: {"x0": float(x[0, 0])},
+    default, _ = scale_sweep(models, SCHED, y, (1.0,), x_T, lambda x, y: {"x0": float(x[0, 0])},
                              methods=("cfg",))  # the default sampler is DDIM-50
-    assert default[0]["x0"] == ddim(guided_eps_fn("cfg", 1.0, model, logits, SCHED, y), SCHED, x_T, 50)[0, 0]
+    assert default[0]["x0"] == ddim(guided_eps_fn("cfg", 1.0, models, SCHED, y), SCHED, x_T, 50)[0, 0]
     table = format_table(rows).splitlines()
     assert len(table) == 1 + len(rows) and table[0].split()[:3] == ["method", "w", "s=1+w"]
     assert table[1].split()[:3] == ["classifier", "0.00", "1.00"]
@@ -68,4 +71,4 @@ def test_image_measures_on_true_images():
 
 def test_unknown_method_raises():
     with pytest.raises(ValueError, match="method must be one of"):
-        guided_eps_fn("clip", 1.0, MIX.eps_model(SCHED), MIX.classifier(SCHED), SCHED, 0)
+        guided_eps_fn("dalle", 1.0, {"denoiser": MIX.eps_model(SCHED), "classifier": MIX.classifier(SCHED)}, SCHED, 0)
