@@ -6,10 +6,11 @@ embeddings) followed by an MLP. Both outputs are normalised to unit length, and 
 temperature scales their cosine into a logit (CL1). The noise-aware variant (GLIDE, Nichol et al.
 2022, Sec. 2.4) sees x_t and t, as a noisy classifier does; the clean one always sees t = 0.
 
-A caption is a string of vocabulary phrases, e.g. "thick vertical bar" for the tiny images
-(IMAGE_VOCAB: the class names, thin/thick, left/right, top/bottom) or "label 2" for 2D data
-(``label_vocab(K)``). Training captions are random parts of each image's full description, so
-short captions ("vertical bar") and combined ones ("thick vertical bar") both mean something.
+A caption is a string of vocabulary phrases (``labels.tokenize``), e.g. "thick vertical bar" for
+the tiny images (``toy_data.captions.VOCAB``: the class names, thin/thick, left/right,
+top/bottom) or "label 2" for 2D data (``label_vocab(K)``). Training captions are random parts of
+each image's full description, so short captions ("vertical bar") and combined ones ("thick
+vertical bar") both mean something.
 """
 import math
 from dataclasses import dataclass
@@ -18,18 +19,12 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.scipy.special import logsumexp
 
-from toy_data import images
-
-from .arrays import as_points, as_times, check_rng
-from .labels import as_labels
-from .nn import DTYPES, MLPConfig, classifier_forward, init_from_shapes, mlp, mlp_shapes, param_shapes, subnet
+from .arrays import DTYPES, as_count, as_points, as_real, as_times, check_rng
+from .labels import tokenize
+from .nn import MLPConfig, classifier_forward, init_from_shapes, mlp, mlp_shapes, param_shapes, subnet
+from .npz import all_fields, config_from, fields_of, only_meta_fields, read_schedule
 from .train import Progress, noised_batch, fit
 
-# The tiny images' words, in groups of which an image has at most one each (``image_words``).
-IMAGE_GROUPS = {"class": images.CLASS_NAMES, "thickness": ("thin", "thick"), "horizontal": ("left", "right"),
-                "vertical": ("top", "bottom")}
-IMAGE_VOCAB = sum(IMAGE_GROUPS.values(), ())
-CENTRE = (images.SIZE - 1) / 2  # the image's centre row and column; a box centred there has no position word
 MAX_LOGIT_SCALE = math.log(100.0)  # Radford et al. (2021), Sec. 2.5: exp(logit_scale) is clipped at 100
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # ... and starts at 1 / 0.07
 # Tiny-image budgets (refdiff demo --data images; docs/clip.md): each reaches zero-shot accuracy
@@ -42,42 +37,6 @@ CLIP_CLEAN_IMAGES = {"steps": 1000, "batch": 256, "lr": 2e-3, "hidden": 128, "de
 def label_vocab(num_labels):
     """The vocabulary of labelled 2D data: "label 0", ..., "label K-1"."""
     return tuple(f"label {k}" for k in range(num_labels))
-
-
-def image_words(y, attributes):
-    """Which IMAGE_VOCAB words describe each tiny image: bool (N, V).
-
-    Its class name; "thin" (thickness 1) or "thick" (2); "left" / "right" when the centre column
-    of its box (``images.box_centre``) is left / right of the image's centre 3.5, neither when it
-    is at 3.5; "top" / "bottom" likewise for the centre row.
-    """
-    centre_row, centre_col = images.box_centre(y, attributes["thickness"], attributes["row"], attributes["col"])
-    columns = {name: y == k for k, name in enumerate(images.CLASS_NAMES)}
-    columns.update(thin=attributes["thickness"] == 1, thick=attributes["thickness"] == 2,
-                   left=centre_col < CENTRE, right=centre_col > CENTRE, top=centre_row < CENTRE,
-                   bottom=centre_row > CENTRE)
-    return np.stack([columns[word] for word in IMAGE_VOCAB], axis=1)
-
-
-def tokenize(caption, vocab):
-    """The vocabulary indices of a caption's phrases, matched left to right, longest phrase first.
-
-    "thick vertical bar" -> [index of "thick", index of "vertical bar"]. A word that starts no
-    vocabulary phrase raises ValueError naming the caption.
-    """
-    if not isinstance(caption, str):
-        raise ValueError(f"caption must be a string, got {caption!r}")
-    words, tokens, i = caption.split(), [], 0
-    phrases = sorted(((tuple(p.split()), k) for k, p in enumerate(vocab)), key=lambda item: -len(item[0]))
-    while i < len(words):
-        match = next(((p, k) for p, k in phrases if tuple(words[i:i + len(p)]) == p), None)
-        if match is None:
-            raise ValueError(f"caption {caption!r}: {words[i]!r} is not in the vocabulary {vocab}")
-        tokens.append(match[1])
-        i += len(match[0])
-    if not tokens:
-        raise ValueError("caption must hold at least one word, got an empty string")
-    return tokens
 
 
 def bags(captions, vocab):
@@ -93,9 +52,7 @@ def bags(captions, vocab):
 def partial_bags(words, rng, p_keep):
     """Random training captions as bags (N, V): one of each row's words chosen uniformly, plus each
     of its other words with probability p_keep; then divided by the count (``bags``)."""
-    if isinstance(p_keep, bool) or not isinstance(p_keep, (int, float, np.integer, np.floating)) \
-            or not 0 <= p_keep <= 1:
-        raise ValueError(f"p_keep must be a number in [0, 1], got {p_keep!r}")
+    as_real(p_keep, "p_keep", low=0, high=1)
     words = np.asarray(words, dtype=bool)
     if not words.any(axis=1).all():
         raise ValueError("words must give every image at least one word")
@@ -107,7 +64,13 @@ def partial_bags(words, rng, p_keep):
 
 @dataclass(frozen=True)
 class ClipConfig:
-    """A toy CLIP's shape: image dimension, vocabulary, embedding size and the two encoders."""
+    """A toy CLIP's shape: image dimension, vocabulary, embedding size and the two encoders.
+
+    dim: D of the images; vocab: the phrases captions are made of (``labels.tokenize``); embed: E,
+    the size of both encoders' unit-length features; hidden, depth, t_embed, arch: the image
+    encoder, the noisy classifier's network (eq. (L4), ``image``); text_hidden, text_depth: the
+    text encoder's MLP after the embedding bag; dtype: every parameter's.
+    """
     dim: int
     vocab: tuple
     embed: int = 32
@@ -119,21 +82,19 @@ class ClipConfig:
     arch: str = "mlp"
     dtype: str = "float64"
 
+    @property
+    def image(self):
+        """The image encoder's network: a noisy classifier with ``embed`` outputs (eq. (L4))."""
+        return MLPConfig("classifier", self.dim, self.embed, self.hidden, self.depth, self.t_embed, self.dtype, self.arch)
+
     def __post_init__(self):
         if not (isinstance(self.vocab, tuple) and self.vocab and all(isinstance(w, str) and w.split() for w in self.vocab)):
             raise ValueError(f"vocab must be a non-empty tuple of non-blank strings, got {self.vocab!r}")
         if len(set(self.vocab)) != len(self.vocab):
             raise ValueError(f"vocab must not repeat a phrase, got {self.vocab!r}")
         for name in ("embed", "text_hidden", "text_depth"):  # embed before MLPConfig, which would call it num_labels
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            object.__setattr__(self, name, as_count(getattr(self, name), name, low=1))
         self.image  # MLPConfig checks the rest
-
-    @property
-    def image(self):
-        """The image encoder's network: a noisy classifier with ``embed`` outputs (eq. (L4))."""
-        return MLPConfig("classifier", self.dim, self.embed, self.hidden, self.depth, self.t_embed, self.dtype, self.arch)
 
 
 def clip_shapes(config):
@@ -196,6 +157,32 @@ def clip_loss(params, config, x, t, bag):
     """(CL2) on S = exp(logit_scale) f(x_t, t) g(c)^T (CL1), for a batch of N pairs."""
     scores = image_features(params, config, x, t) @ text_features(params, config, bag).T
     return info_nce(anp.exp(logit_scale(params)) * scores)
+
+
+def clip_entries(model):
+    """A Clip's own checkpoint entries (refdiff/checkpoint.py): the fields of 'meta' (its ClipConfig,
+    whether it is noise-aware) and 'schedule_betas' for a noise-aware one."""
+    meta = {"config": fields_of(model.config, ClipConfig), "noise_aware": model.sched is not None}
+    return meta, {} if model.sched is None else {"schedule_betas": model.sched.betas}
+
+
+def clip_from_entries(meta, arrays):
+    """A Clip's ClipConfig, Schedule (None if clean) and parameter shapes from checkpoint entries,
+    strictly: 'meta' holds noise_aware and every ClipConfig field, and 'schedule_betas' is there
+    exactly when noise_aware is true. Pops 'schedule_betas' from ``arrays``."""
+    only_meta_fields(meta, {"noise_aware"})
+    noise_aware = meta.get("noise_aware")
+    if type(noise_aware) is not bool:
+        raise ValueError(f"'meta' noise_aware must be true or false, got {noise_aware!r}")
+    fields = all_fields(meta, ClipConfig)
+    if not isinstance(fields["vocab"], list):
+        raise ValueError(f"bad config (vocab must be a JSON list of strings, got {fields['vocab']!r})")
+    config = config_from(ClipConfig, {**fields, "vocab": tuple(fields["vocab"])})
+    betas = arrays.pop("schedule_betas", None)
+    if noise_aware != (betas is not None):
+        raise ValueError("a noise-aware CLIP needs a 'schedule_betas' entry" if noise_aware else
+                         "a clean CLIP ('meta' noise_aware false) must have no 'schedule_betas' entry")
+    return config, read_schedule(betas) if noise_aware else None, clip_shapes(config)
 
 
 class Clip:
@@ -292,10 +279,10 @@ def zero_shot(model, x, captions, t=None):
     return np.argmax(model.logits(x, captions, t), axis=1)
 
 
-def zero_shot_accuracy(model, x, words, groups=IMAGE_GROUPS, t=None):
+def zero_shot_accuracy(model, x, words, groups, t=None):
     """Zero-shot accuracy for each word group: how often the best of the group's words is the image's own.
 
-    Only images with a word of the group count (a horizontally centred image has neither "left"
+    ``groups`` maps a group's name to its words, e.g. ``toy_data.captions.GROUPS``. Only images with a word of the group count (a horizontally centred image has neither "left"
     nor "right"). Returns {group: (accuracy, number of images counted)}, the accuracy None when
     no image counts.
     """
@@ -333,33 +320,3 @@ def retrieval_accuracy(model, x, words, t=None):
     n = np.arange(len(words))
     return {"image_to_text": float(same[n, np.argmax(logits, axis=1)].mean()),
             "text_to_image": float(same[np.argmax(logits, axis=0), n].mean())}
-
-
-def caption_match(x, caption):
-    """How often tiny images match each word group of a caption, by the rule-based judge.
-
-    The judge's best template (``images.judge_attributes``) gives each image its words
-    (``image_words``); for each group the caption names a word of ("class", "thickness",
-    "horizontal", "vertical"), the fraction of images whose word in that group is the caption's,
-    and under "all" the fraction that match every one. An image the judge rejects matches nothing.
-
-    Returns {group: fraction} for the caption's groups, and "all".
-    """
-    judged = images.judge_attributes(x)
-    if len(judged["label"]) == 0:
-        raise ValueError("x must hold at least one image")
-    ok = judged["label"] != images.NO_MATCH
-    words = np.zeros((len(ok), len(IMAGE_VOCAB)), dtype=bool)
-    if ok.any():
-        words[ok] = image_words(judged["label"][ok], {k: v[ok] for k, v in judged.items()})
-    wanted = tokenize(caption, IMAGE_VOCAB)
-    out, every = {}, ok.copy()
-    for group, group_words in IMAGE_GROUPS.items():
-        named = sorted({k for k in wanted if IMAGE_VOCAB[k] in group_words})
-        if len(named) > 1:
-            raise ValueError(f"caption {caption!r} names two {group} words")
-        if named:
-            hit = words[:, named[0]]
-            out[group], every = float(hit.mean()), every & hit
-    out["all"] = float(every.mean())
-    return out

@@ -11,7 +11,7 @@ import numpy as np
 import toy_data
 
 from .arrays import as_count, as_points, check_rng
-from .checkpoint import READ_ERRORS
+from .npz import READ_ERRORS
 from .oracle import GaussianMixture
 
 

@@ -7,9 +7,10 @@ Steps (each printed as it runs):
 2. measure the CLIPs' zero-shot accuracy and top-1 retrieval, and the autoencoder's
    reconstructions, on held-out images (and, at the end, the noise-aware CLIP's and the noisy
    classifier's class accuracy on those images noised to each of NOISY_T);
-3. sample every method over the strengths ``ws`` with DDPM-100, n_per_label samples per class:
-   pixel CFG with weight w, classifier guidance and CLIP guidance (caption = the class name) at
-   scale s = 1 + w on the unconditional branch, and latent CFG with weight w, decoded; judge them;
+3. sample every registered guidance method these models can run (refdiff.methods) over the
+   strengths ``ws`` with DDPM-100, n_per_label samples per class: classifier guidance and CLIP
+   guidance (caption = the class name) at scale s = 1 + w on the unconditional branch, pixel
+   CFG with weight w, and latent CFG with weight w, decoded; judge them;
 4. steer the unconditional branch with captions that combine attributes (CAPTIONS), by both CLIP
    rules (G13, G14) over the scales, and count how often each attribute is matched;
 5. write ``metrics.json``, ``samples.npz`` (the sweep's images, by method and w, and the labels),
@@ -21,12 +22,12 @@ import time
 
 import numpy as np
 
-from toy_data import images
+from toy_data import captions, images
 
-from . import clip, latent, plot
-from .checkpoint import save_npz_atomic
+from . import clip, latent, methods, plot
 from .demo import save_figure
-from .guidance import classifier_free_guidance, classifier_guidance, clip_guidance, clip_x0_guidance
+from .guidance import clip_guidance, clip_x0_guidance
+from .npz import save_npz_atomic
 from .process import q_sample
 from .samplers import ddpm
 from .schedule import Schedule
@@ -34,9 +35,9 @@ from .sweep import image_measures
 from .train import CLASSIFIER_IMAGES_SMALL, DENOISER_IMAGES_SMALL, train_classifier, train_denoiser
 
 WS = (0.0, 1.0, 3.0, 6.0)
-METHODS = ("cfg", "classifier", "clip", "latent_cfg")
-METHOD_NAMES = {"cfg": "pixel CFG\n(weight w)", "classifier": "classifier guidance\n(s = 1 + w)",
-                "clip": "CLIP guidance, class name\n(s = 1 + w)", "latent_cfg": "latent CFG\n(weight w)"}
+# The models the guidance methods read (refdiff.methods), and the methods they can run.
+GUIDANCE_MODELS = ("denoiser", "classifier", "clip", "captions", "latent_denoiser")
+METHODS = methods.available(GUIDANCE_MODELS)
 RULE_NAMES = {"noise_aware": "noise-aware CLIP at x_t (G13)", "x0": "clean CLIP at x0_hat (G14)"}
 CAPTIONS = ("thick vertical bar", "left vertical bar", "thin horizontal bar", "thick top horizontal bar")
 # The training budget of every model, in training order (the latent denoiser needs the autoencoder).
@@ -90,13 +91,13 @@ def _train(rng, budgets, say):
     training loss (the mean over its last 100 steps)."""
     sched = Schedule.linear(1000)
     x, y, attrs = images.sample(20_000, rng, return_attributes=True)
-    words, K = clip.image_words(y, attrs), images.NUM_CLASSES
+    words, K = captions.image_words(y, attrs), images.NUM_CLASSES
     jobs = {
         "denoiser": lambda opts: train_denoiser(x, y, sched, rng, num_labels=K, verbose=False, **opts),
         "classifier": lambda opts: train_classifier(x, y, sched, rng, num_labels=K, verbose=False, **opts),
-        "clip_noise_aware": lambda opts: clip.train_clip(x, words, clip.IMAGE_VOCAB, rng, sched=sched,
+        "clip_noise_aware": lambda opts: clip.train_clip(x, words, captions.VOCAB, rng, sched=sched,
                                                          verbose=False, **opts),
-        "clip_clean": lambda opts: clip.train_clip(x, words, clip.IMAGE_VOCAB, rng, verbose=False, **opts),
+        "clip_clean": lambda opts: clip.train_clip(x, words, captions.VOCAB, rng, verbose=False, **opts),
         "autoencoder": lambda opts: latent.train_autoencoder(x, rng, verbose=False, **opts),
         "latent_denoiser": lambda opts: latent.train_latent_denoiser(models["autoencoder"], x, y, sched, rng,
                                                                      num_labels=K, verbose=False, **opts),
@@ -114,11 +115,12 @@ def _train(rng, budgets, say):
 def _held_out(models, x, y, attributes):
     """On held-out images: both CLIPs' zero-shot accuracy per word group and top-1 retrieval (the
     noise-aware one at t = 1), and the autoencoder's reconstruction error and judged accuracy."""
-    words = clip.image_words(y, attributes)
+    words = captions.image_words(y, attributes)
     clips = (("clip_clean", None), ("clip_noise_aware", 1))
     ae = models["autoencoder"]
     recon = ae.decode(ae.encode(x))
-    return {"zero_shot": {name: clip.zero_shot_accuracy(models[name], x, words, t=t) for name, t in clips},
+    return {"zero_shot": {name: clip.zero_shot_accuracy(models[name], x, words, captions.GROUPS, t=t)
+                          for name, t in clips},
             "retrieval": {name: clip.retrieval_accuracy(models[name], x[:1000], words[:1000], t=t) for name, t in clips},
             "autoencoder": {"latent": ae.config.latent, "scale": float(ae.scale),
                             "mse": float(np.mean((recon - x) ** 2)),
@@ -139,19 +141,11 @@ def _noisy_accuracy(models, sched, x, y, rng):
     return rows
 
 
-def guided_eps_fn(method, w, models, sched, y):
-    """The eps_fn of one method at strength w. ``latent_cfg`` runs in the autoencoder's latent space."""
-    den = models["denoiser"]
-    if method == "cfg":
-        return classifier_free_guidance(den, y, w)
-    if method == "classifier":
-        return classifier_guidance(den, models["classifier"], sched, y, 1.0 + w)
-    if method == "clip":
-        captions = [images.CLASS_NAMES[k] for k in y]
-        return clip_guidance(den, models["clip_noise_aware"].score_fn(captions), sched, 1.0 + w)
-    if method == "latent_cfg":
-        return classifier_free_guidance(models["latent_denoiser"], y, w)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+def guidance_models(models):
+    """The demo's trained models under the names refdiff.methods reads: the noise-aware CLIP as
+    "clip", with the class names as the captions of the labels."""
+    return {"denoiser": models["denoiser"], "classifier": models["classifier"], "clip": models["clip_noise_aware"],
+            "captions": images.CLASS_NAMES, "latent_denoiser": models["latent_denoiser"]}
 
 
 def _sweep(models, sched, y, ws, rng):
@@ -160,26 +154,27 @@ def _sweep(models, sched, y, ws, rng):
     ae = models["autoencoder"]
     starts = {False: rng.standard_normal((len(y), images.SIZE ** 2)),
               True: rng.standard_normal((len(y), ae.config.latent))}
-    seed = int(rng.integers(2 ** 31))
+    seed, available = int(rng.integers(2 ** 31)), guidance_models(models)
     rows, samples = [], {}
-    for method in METHODS:
-        in_latent = method == "latent_cfg"
+    for name in METHODS:
+        method = methods.get(name)
+        in_latent = "latent_denoiser" in method.needs  # sampled in latent space, then decoded
         for w in ws:
             begin = time.perf_counter()
-            x = ddpm(guided_eps_fn(method, w, models, sched, y), sched, starts[in_latent],
+            x = ddpm(method.eps_fn(available, sched, y, method.value_at(w)), sched, starts[in_latent],
                      np.random.default_rng(seed), steps=STEPS)
             if in_latent:
                 x = ae.decode(x)
             seconds = (time.perf_counter() - begin) / len(y)
-            samples[method, w] = x
-            rows.append({"method": method, "w": float(w), "scale": 1.0 + float(w) if method in ("classifier", "clip")
-                         else float(w), **image_measures(x, y), "seconds_per_sample": seconds})
+            samples[name, w] = x
+            rows.append({"method": name, "w": float(w), "scale": method.value_at(w), **image_measures(x, y),
+                         "seconds_per_sample": seconds})
     return rows, samples
 
 
 def _captions(models, sched, ws, n, rng):
     """Both CLIP rules on the unconditional branch for each caption and scale s = 1 + w (and s = 0):
-    how often the samples match each of the caption's attributes (clip.caption_match)."""
+    how often the samples match each of the caption's attributes (captions.caption_match)."""
     den = models["denoiser"]
     x_T, seed = rng.standard_normal((n, images.SIZE ** 2)), int(rng.integers(2 ** 31))
     rules = {"noise_aware": lambda caption, s: clip_guidance(den, models["clip_noise_aware"].score_fn(caption),
@@ -191,7 +186,7 @@ def _captions(models, sched, ws, n, rng):
             for s in (0.0,) + tuple(1.0 + w for w in ws):
                 x = ddpm(make(caption, s), sched, x_T, np.random.default_rng(seed), steps=STEPS)
                 samples[caption, rule, s] = x
-                rows.append({"caption": caption, "rule": rule, "scale": s, **clip.caption_match(x, caption)})
+                rows.append({"caption": caption, "rule": rule, "scale": s, **captions.caption_match(x, caption)})
     return rows, samples
 
 
@@ -212,7 +207,7 @@ def _figures(out_dir, samples, caption_samples, y, ws):
     caption and rule x scale, 14 samples per cell."""
     per_class = min(2, len(y) // images.NUM_CLASSES)
     pick = np.concatenate([[np.flatnonzero(y == k)[i] for k in range(images.NUM_CLASSES)] for i in range(per_class)])
-    cells = {(METHOD_NAMES[m], f"w = {w:g}"): samples[m, w][pick] for m in METHODS for w in ws}
+    cells = {(methods.get(m).title("\n"), f"w = {w:g}"): samples[m, w][pick] for m in METHODS for w in ws}
     _tiled(cells, os.path.join(out_dir, "guidance_grid.png"))
     cells = {(f'"{caption}"\n{RULE_NAMES[rule]}', f"s = {s:g}"): x[:14]
              for (caption, rule, s), x in caption_samples.items()}

@@ -1,8 +1,11 @@
-"""Class labels and the null label (docs/notation.md, "Labels").
+"""Class labels, the null label, and captions as phrases of a vocabulary (docs/notation.md, "Labels").
 
 Labels are integers 0..K-1. Inside a label *array*, ``NULL_LABEL`` marks a row whose prediction
 is unconditional, so that classifier-free guidance can ask for the conditional and the
 unconditional prediction in one batched call. ``y=None`` means "every row unconditional".
+
+A caption, the text condition of CLIP guidance (docs/clip.md), is a string of phrases from a
+vocabulary (a tuple of strings); ``tokenize`` turns it into the phrases' indices.
 """
 import numpy as np
 
@@ -33,3 +36,24 @@ def as_labels(y, n, num_labels, allow_null=True, name="y"):
     if not ok.all():
         raise ValueError(f"{name} must be in 0..{num_labels - 1}{null_note}, got {arr[~ok][0]}")
     return arr
+
+
+def tokenize(caption, vocab):
+    """The vocabulary indices of a caption's phrases, matched left to right, longest phrase first.
+
+    "thick vertical bar" -> [index of "thick", index of "vertical bar"]. A word that starts no
+    vocabulary phrase raises ValueError naming the caption.
+    """
+    if not isinstance(caption, str):
+        raise ValueError(f"caption must be a string, got {caption!r}")
+    words, tokens, i = caption.split(), [], 0
+    phrases = sorted(((tuple(p.split()), k) for k, p in enumerate(vocab)), key=lambda item: -len(item[0]))
+    while i < len(words):
+        match = next(((p, k) for p, k in phrases if tuple(words[i:i + len(p)]) == p), None)
+        if match is None:
+            raise ValueError(f"caption {caption!r}: {words[i]!r} is not in the vocabulary {vocab}")
+        tokens.append(match[1])
+        i += len(match[0])
+    if not tokens:
+        raise ValueError("caption must hold at least one word, got an empty string")
+    return tokens

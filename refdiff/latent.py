@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 import autograd.numpy as anp
 import numpy as np
 
-from .arrays import as_count, as_points, check_rng
-from .nn import DTYPES, init_from_shapes, mlp, mlp_shapes, subnet
+from .arrays import DTYPES, as_count, as_points, as_real, check_rng
+from .nn import init_from_shapes, mlp, mlp_shapes, subnet
+from .npz import all_fields, config_from, fields_of, only_meta_fields, read_scale
 from .train import Progress, fit, train_denoiser
 
 # The tiny-image autoencoder (docs/latent.md, "Measured"; ~6 s with one BLAS thread): held-out
@@ -53,10 +54,7 @@ class AEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        w = self.kl_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(w) or w < 0:
-            raise ValueError(f"kl_weight must be a finite number >= 0, got {w!r}")
+        as_real(self.kl_weight, "kl_weight", low=0)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
 
@@ -153,16 +151,27 @@ def latent_scale(params, config, x, rng):
     return 1.0 / std
 
 
+def autoencoder_entries(model):
+    """An Autoencoder's own checkpoint entries (refdiff/checkpoint.py): the fields of 'meta' (its
+    AEConfig) and 'scale', a 0-d float64 array (the factor of (LD4))."""
+    return {"config": fields_of(model.config, AEConfig)}, {"scale": np.array(model.scale, np.float64)}
+
+
+def autoencoder_from_entries(meta, arrays):
+    """An Autoencoder's AEConfig, scale and parameter shapes from checkpoint entries, strictly:
+    'meta' holds every AEConfig field and nothing else. Pops 'scale' from ``arrays``."""
+    only_meta_fields(meta, set())
+    config = config_from(AEConfig, all_fields(meta, AEConfig))
+    return config, read_scale(arrays.pop("scale", None)), autoencoder_shapes(config)
+
+
 class Autoencoder:
     """A trained autoencoder: params, config (AEConfig) and scale (the factor of (LD4))."""
 
     def __init__(self, params, config, scale=1.0):
         if not isinstance(config, AEConfig):
             raise ValueError(f"config must be an AEConfig, got {type(config).__name__}")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-        self.params, self.config, self.scale = params, config, float(scale)
+        self.params, self.config, self.scale = params, config, as_real(scale, "scale", above=0)
 
     def encode(self, x, rng=None):
         """Scaled latents (N, latent) of images x (N, dim): scale * mu, or with ``rng`` a posterior

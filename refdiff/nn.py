@@ -16,10 +16,9 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.extend import defvjp, primitive
 
-from .arrays import as_points, as_times, check_rng
+from .arrays import DTYPES, as_count, as_points, as_times, check_rng
 from .labels import NULL_LABEL, as_labels
-
-DTYPES = {"float64": np.float64, "float32": np.float32}
+from .npz import config_from, config_object, read_schedule
 
 
 @primitive
@@ -106,10 +105,8 @@ class MLPConfig:
         if self.kind not in ("denoiser", "classifier"):
             raise ValueError(f"kind must be 'denoiser' or 'classifier', got {self.kind!r}")
         lowest = {"num_labels": 0 if self.kind == "denoiser" else 1}
-        for name in ("dim", "num_labels", "hidden", "depth", "t_embed"):
-            value, low = getattr(self, name), lowest.get(name, 1)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("dim", "num_labels", "hidden", "depth", "t_embed"):  # numpy ints stored as ints (JSON)
+            object.__setattr__(self, name, as_count(getattr(self, name), name, low=lowest.get(name, 1)))
         if self.t_embed % 2:
             raise ValueError(f"t_embed must be even, got {self.t_embed}")
         if self.dtype not in DTYPES:
@@ -262,8 +259,23 @@ class Network:
         return x, as_times(t, x.shape[0], self.sched.T)
 
 
+def network_entries(model):
+    """A Denoiser's or Classifier's own checkpoint entries (refdiff/checkpoint.py): the fields of
+    'meta' (its MLPConfig) and the other arrays ('schedule_betas', its Schedule's betas)."""
+    return {"config": model.config.to_dict()}, {"schedule_betas": model.sched.betas}
+
+
+def network_from_entries(meta, arrays):
+    """A Denoiser's or Classifier's MLPConfig, Schedule and parameter shapes from checkpoint
+    entries; 'meta' kind and the config's kind must agree. Pops 'schedule_betas' from ``arrays``."""
+    config = config_from(MLPConfig, config_object(meta))
+    if config.kind != meta.get("kind"):
+        raise ValueError(f"config kind {config.kind!r} differs from 'meta' kind {meta.get('kind')!r}")
+    return config, read_schedule(arrays.pop("schedule_betas", None)), param_shapes(config)
+
+
 class Denoiser(Network):
-    """A denoiser as the model callable of DESIGN.md: ``model(x, t, y=None) -> eps`` (N, D)."""
+    """A denoiser as the model callable of docs/architecture.md: ``model(x, t, y=None) -> eps`` (N, D)."""
     kind = "denoiser"
 
     def __call__(self, x, t, y=None):
@@ -272,7 +284,7 @@ class Denoiser(Network):
 
 
 class Classifier(Network):
-    """A noisy classifier as the model callable of DESIGN.md: ``model(x, t) -> logits`` (N, K)."""
+    """A noisy classifier as the model callable of docs/architecture.md: ``model(x, t) -> logits`` (N, K)."""
     kind = "classifier"
 
     def __call__(self, x, t):

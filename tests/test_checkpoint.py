@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refdiff.checkpoint import load, save, save_npz_atomic
+from refdiff.checkpoint import load, save
+from refdiff.npz import save_npz_atomic
 from refdiff.nn import param_shapes
 from refdiff.nn import Classifier, Denoiser, MLPConfig, init_params
 from refdiff.schedule import Schedule
@@ -737,7 +738,7 @@ def float32_param_autoencoder():
 
 @pytest.mark.parametrize("model,problem", [
     pytest.param(nan_clip(), "parameter 'logit_scale' is not finite", id="clip-nan"),
-    pytest.param(Clip({}, {"dim": 2}, None), "config must be a ClipConfig or AEConfig, got dict",
+    pytest.param(Clip({}, {"dim": 2}, None), "config must be a ClipConfig, got dict",
                  id="clip-dict-config"),
     pytest.param(bad_scale_autoencoder(), "'scale' must be finite and > 0, got -1.0", id="ae-scale"),
     pytest.param(float32_param_autoencoder(), "parameter 'decoder/W0' .* dtype float64, got .* dtype float32",

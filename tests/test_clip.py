@@ -17,10 +17,11 @@ from scipy.special import expit
 
 import toy_data
 from refdiff import clip
-from refdiff.clip import IMAGE_VOCAB, Clip, ClipConfig
+from refdiff.clip import Clip, ClipConfig
 from refdiff.nn import classifier_forward
 from refdiff.schedule import Schedule
-from toy_data import images
+from toy_data import captions, images
+from toy_data.captions import VOCAB as IMAGE_VOCAB
 from toy_data.images import NO_MATCH, SIZE
 
 from strategies import EPS64, assert_bounded, seeds
@@ -308,12 +309,12 @@ def test_empty_inputs_are_refused_by_name():
         clip.train_clip(np.zeros((0, 64)), np.zeros((0, 13), bool), IMAGE_VOCAB, np.random.default_rng(0), steps=1,
                         verbose=False)
     with pytest.raises(ValueError, match=r"^x must hold at least one image"):
-        clip.caption_match(np.zeros((0, 64)), "thin")
+        captions.caption_match(np.zeros((0, 64)), "thin")
 
 
 def test_a_word_repeated_in_a_caption_is_one_word_for_caption_match():
     x, _ = images.sample(20, np.random.default_rng(0), y=1)
-    assert clip.caption_match(x, "thin thin vertical bar") == clip.caption_match(x, "thin vertical bar")
+    assert captions.caption_match(x, "thin thin vertical bar") == captions.caption_match(x, "thin vertical bar")
 
 
 def test_partial_bags_refuse_an_image_without_words():
@@ -341,16 +342,16 @@ def test_box_centre_errors():
 
 def test_image_words_of_every_template_from_its_pixels():
     _, attrs = images.templates()
-    got = clip.image_words(attrs["label"], attrs)
+    got = captions.image_words(attrs["label"], attrs)
     want = words_from_pixels(attrs["label"], attrs["thickness"], attrs["row"], attrs["col"])
     assert got.dtype == bool and np.array_equal(got, want)
 
 
 def test_image_words_groups_of_sampled_images():
     x, y, attrs = images.sample(3000, np.random.default_rng(6), return_attributes=True)
-    words = clip.image_words(y, attrs)
+    words = captions.image_words(y, attrs)
     assert np.array_equal(words, words_from_pixels(y, attrs["thickness"], attrs["row"], attrs["col"]))
-    count = {g: words[:, [VOCAB_INDEX[w] for w in group]].sum(axis=1) for g, group in clip.IMAGE_GROUPS.items()}
+    count = {g: words[:, [VOCAB_INDEX[w] for w in group]].sum(axis=1) for g, group in captions.GROUPS.items()}
     assert np.all(count["class"] == 1) and np.all(count["thickness"] == 1)
     assert np.all(count["horizontal"] <= 1) and np.all(count["vertical"] <= 1)
     # every position word occurs, and some boxes are centred (neither word)
@@ -483,7 +484,7 @@ SMALL = dict(steps=300, batch=BATCH, lr=5e-3, embed=16, hidden=64, depth=2, verb
 def image_data():
     x, y, attrs = images.sample(5000, np.random.default_rng(0), return_attributes=True)
     x_test, y_test, attrs_test = images.sample(1400, np.random.default_rng(1), return_attributes=True)
-    return x, clip.image_words(y, attrs), x_test, clip.image_words(y_test, attrs_test)
+    return x, captions.image_words(y, attrs), x_test, captions.image_words(y_test, attrs_test)
 
 
 @pytest.fixture(scope="module")
@@ -505,7 +506,7 @@ def test_clean_clip_trains_below_chance(clean_model):
 
 def test_clean_clip_zero_shot_accuracy(clean_model, image_data):
     _, _, x_test, words_test = image_data
-    acc = clip.zero_shot_accuracy(clean_model, x_test, words_test)
+    acc = clip.zero_shot_accuracy(clean_model, x_test, words_test, captions.GROUPS)
     # Measured: class 1.000 (chance 1/7), thickness 0.953, left/right and top/bottom 1.000
     # (chance 1/2) for this seed; seeds 0, 1, 7, 8: class >= 0.999, thickness 0.95-0.98. The
     # standard error of a rate near 0.9 from 1400 images is 0.008, so the bounds below sit many
@@ -521,12 +522,12 @@ def test_noise_aware_clip_zero_shot_accuracy_at_small_t(image_data):
     x, words, x_test, words_test = image_data
     model = clip.train_clip(x, words, IMAGE_VOCAB, np.random.default_rng(3), sched=Schedule.linear(100), **SMALL)
     assert model.noise_aware and model.history[-50:].mean() < math.log(BATCH) - 0.3, model.history[-50:].mean()
-    acc = clip.zero_shot_accuracy(model, x_test, words_test, t=1)
+    acc = clip.zero_shot_accuracy(model, x_test, words_test, captions.GROUPS, t=1)
     # Measured: class 0.84 at t = 1 for this seed, 0.78-0.87 for seeds 0, 1, 2, 7, 8 (chance
     # 1/7 = 0.14; SE ~0.01 from 1400 images), so 0.6 is > 15 SE below every run. Final loss 4.39
     # (4.34-4.36 other seeds) against chance 4.85: most t are too noisy to tell the captions apart.
     assert acc["class"][0] >= 0.6, acc
-    per_row = clip.zero_shot_accuracy(model, x_test, words_test, t=np.ones(1400, np.int64))
+    per_row = clip.zero_shot_accuracy(model, x_test, words_test, captions.GROUPS, t=np.ones(1400, np.int64))
     assert per_row == acc  # a t per row gives the same as one t for all
 
 
@@ -552,7 +553,7 @@ def test_two_d_clip_zero_shot_accuracy_against_the_true_labels():
 def test_train_clip_refuses_bad_words(change, message):
     x, y, attrs = images.sample(50, np.random.default_rng(0), return_attributes=True)
     with pytest.raises(ValueError, match=message):
-        clip.train_clip(x, change(clip.image_words(y, attrs)), IMAGE_VOCAB, np.random.default_rng(0), steps=1,
+        clip.train_clip(x, change(captions.image_words(y, attrs)), IMAGE_VOCAB, np.random.default_rng(0), steps=1,
                         verbose=False)
 
 
@@ -560,7 +561,7 @@ def test_train_clip_refuses_bad_words(change, message):
 def test_train_clip_refuses_p_keep_out_of_range(p_keep):
     x, y, attrs = images.sample(50, np.random.default_rng(0), return_attributes=True)
     with pytest.raises(ValueError, match=r"^p_keep must be a number in \[0, 1\]"):
-        clip.train_clip(x, clip.image_words(y, attrs), IMAGE_VOCAB, np.random.default_rng(0), steps=1,
+        clip.train_clip(x, captions.image_words(y, attrs), IMAGE_VOCAB, np.random.default_rng(0), steps=1,
                         p_keep=p_keep, verbose=False)
 
 
@@ -572,7 +573,7 @@ def test_caption_match_fractions_from_the_drawn_attributes(label, caption):
     x, y, attrs = images.sample(400, np.random.default_rng(100 + label), y=label, return_attributes=True)
     want_words = words_from_pixels(y, attrs["thickness"], attrs["row"], attrs["col"])
     named = caption_words(caption)
-    out = clip.caption_match(x, caption)
+    out = captions.caption_match(x, caption)
     assert set(out) == set(named) | {"all"}
     every = np.ones(len(x), dtype=bool)
     for group, word in named.items():
@@ -585,7 +586,7 @@ def test_caption_match_fractions_from_the_drawn_attributes(label, caption):
 def caption_words(caption):
     """{group: word} of a caption, read by hand from the groups' word lists (no tokenizer)."""
     out = {}
-    for group, words in clip.IMAGE_GROUPS.items():
+    for group, words in captions.GROUPS.items():
         for w in sorted(words, key=len, reverse=True):
             if w in caption and not (w == "diagonal" and ("anti-diagonal" in caption or "diagonal cross" in caption)):
                 out[group] = w
@@ -596,10 +597,10 @@ def caption_words(caption):
 def test_caption_match_rejected_images_match_nothing():
     rng = np.random.default_rng(9)
     x, y, attrs = images.sample(30, rng, y=1, return_attributes=True)
-    out = clip.caption_match(np.zeros((10, 64)), "thin vertical bar left")
+    out = captions.caption_match(np.zeros((10, 64)), "thin vertical bar left")
     assert out == {"class": 0.0, "thickness": 0.0, "horizontal": 0.0, "all": 0.0}
     # mixed with 30 real vertical bars: every fraction counts the 10 rejected images as misses
-    mixed = clip.caption_match(np.concatenate([x, np.full((10, 64), 0.3)]), "vertical bar")
+    mixed = captions.caption_match(np.concatenate([x, np.full((10, 64), 0.3)]), "vertical bar")
     assert mixed == {"class": 30 / 40, "all": 30 / 40}
 
 
@@ -608,7 +609,7 @@ def test_caption_match_rejected_images_match_nothing():
                                             ("top square outline bottom", "vertical")])
 def test_caption_match_refuses_two_words_of_one_group(caption, group):
     with pytest.raises(ValueError, match=rf"^caption '{caption}' names two {group} words"):
-        clip.caption_match(images.sample(5, np.random.default_rng(0))[0], caption)
+        captions.caption_match(images.sample(5, np.random.default_rng(0))[0], caption)
 
 
 def test_zero_shot_accuracy_of_a_group_no_image_has_is_none():
@@ -617,8 +618,8 @@ def test_zero_shot_accuracy_of_a_group_no_image_has_is_none():
     model = clip.Clip(clip.init_clip(cfg, np.random.default_rng(0)), cfg)
     masks, attrs = images.templates()
     pick = (attrs["label"] == 0) & (attrs["col"] == 1)
-    words = clip.image_words(attrs["label"][pick], {k: v[pick] for k, v in attrs.items()})
-    out = clip.zero_shot_accuracy(model, 2 * masks[pick] - 1, words)
+    words = captions.image_words(attrs["label"][pick], {k: v[pick] for k, v in attrs.items()})
+    out = clip.zero_shot_accuracy(model, 2 * masks[pick] - 1, words, captions.GROUPS)
     assert out["horizontal"] == (None, 0)
     assert out["class"][1] == pick.sum() and 0 <= out["class"][0] <= 1
 

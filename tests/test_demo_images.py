@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from refdiff import demo_images
+from refdiff import demo_images, methods
 from refdiff.cli import main
 from refdiff.sweep import image_measures
 from toy_data import images
@@ -85,7 +85,7 @@ def test_bad_budgets_and_methods_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"^budgets must name exactly"):
         demo_images.run(str(tmp_path), np.random.default_rng(0), {"denoiser": {}})
     with pytest.raises(ValueError, match=r"^method must be one of"):
-        demo_images.guided_eps_fn("dalle", 1.0, {"denoiser": None}, None, np.zeros(2, int))
+        methods.get("dalle")
 
 
 def test_the_command_line_runs_the_images_demo(tmp_path, monkeypatch, capsys):
