@@ -186,7 +186,7 @@ class GaussianMixture:
         x = self.means[k] + np.einsum("nde,ne->nd", scale[k], z)
         return x, self.labels[k]
 
-    # ---- the model callables of DESIGN.md -----------------------------------------------------
+    # ---- the model callables of docs/architecture.md ---------------------------------------
     def eps_model(self, sched):
         """The exact denoiser as a model callable ``eps_model(x, t, y=None) -> eps`` (eq. (O3)).
 

@@ -7,7 +7,7 @@
     >>> images.judge(x)                                 # labels by template matching
 
 Pixels lie in [-1, 1]: background -1, strokes +1 at full brightness. Images are flattened row by
-row to D = SIZE * SIZE = 64 (DESIGN.md, "Arrays"); ``x.reshape(-1, 8, 8)`` shows them.
+row to D = SIZE * SIZE = 64 (docs/architecture.md, "Arrays"); ``x.reshape(-1, 8, 8)`` shows them.
 
 Classes. Each class is a stroke mask of thickness t in {1, 2} drawn in a small bounding box of
 h x w pixels; with L = LENGTH = 6 and (i, j) the (row, column) inside the box, pixel (i, j) is on iff
