@@ -13,7 +13,8 @@ step between integer timesteps; ``ode`` and ``ode_adaptive`` take real times too
 
 ``callback(t, x, eps)``, if given, is called after every step with the time t the step started
 from (original indexing), the new state x_{t_prev} and the eps the step used.
-``return_path=True`` also returns the states as an array of shape (steps + 1, N, D), x_T first.
+``return_path=True`` also returns the states as an array of shape (S + 1, N, D), x_T first, S
+the grid's length.
 
 Noise: a stochastic sampler draws exactly one ``rng.standard_normal(x.shape, dtype=x.dtype)`` per
 step that injects noise, in step order, and none on the last step to t = 0, so a refdiff
@@ -49,7 +50,7 @@ def sampling_grid(sched, steps, spacing=None, discrete=False):
     -------
     int64 array, or float64 for real times, shape (S,)
     """
-    if np.ndim(steps) == 0 and not isinstance(steps, (str, bytes)):
+    if not isinstance(steps, (list, tuple, np.ndarray)):  # a count (anything else is refused by name)
         return _grid_of_count(sched, steps, "leading" if spacing is None else spacing, discrete)
     if spacing is not None:
         raise ValueError(f"spacing={spacing!r} applies to a step count; an array of times is used as given")
