@@ -19,7 +19,7 @@ def as_points(x, name="x", dim=None):
         as_points(getval(x), name, dim)
         return x
     arr = _asarray(x, name, "a numeric array of shape (N, D)")
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if not is_real(arr):
         raise ValueError(f"{name} must be a numeric array of shape (N, D), got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"{name} must have shape (N, D), got shape {arr.shape}")
@@ -71,7 +71,7 @@ def as_times(t, n, T, name="t", low=1):
     [low, T]. A Python or numpy scalar is broadcast to every row.
     """
     arr = _asarray(t, name, f"a timestep in [{low}, {T}]")
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if not is_real(arr):
         raise ValueError(f"{name} must be a real or integer timestep in [{low}, {T}], got dtype {arr.dtype}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got NaN or inf")
@@ -111,12 +111,29 @@ def as_real(value, name, low=None, high=None, above=None, below=None, optional=F
     """
     if optional and value is None:
         return None
-    number = _float_or_nan(value)
-    if not (np.isfinite(number) and (low is None or number >= low) and (high is None or number <= high)
-            and (above is None or number > above) and (below is None or number < below)):
+    number = _float_or_nan(value)  # the bounds are compared with value itself: exact for ints and Fractions
+    if not (np.isfinite(number) and (low is None or value >= low) and (high is None or value <= high)
+            and (above is None or value > above) and (below is None or value < below)):
         allowed = ("None or " if optional else "") + _range_text(low, high, above, below)
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {allowed}, got {_shown(value)}")
     return number
+
+
+def is_real(value):
+    """Whether ``np.asarray(value)`` holds real numbers: an integer or floating dtype, not bool, str,
+    object or complex (``np.asarray("1", dtype=float)`` would quietly read a string as a number)."""
+    try:
+        return np.asarray(value).dtype.kind in "iuf"
+    except (TypeError, ValueError):  # ragged
+        return False
+
+
+def _shown(value):
+    """repr(value) for a message, or a description of an int too long for Python to print."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
 
 
 def _float_or_nan(value):

@@ -15,6 +15,7 @@ import toy_data
 from toy_data import images
 
 from . import methods
+from .arrays import as_count
 from .metrics import classifier_excess, denoiser_excess, two_sample_test
 from .samplers import ddim, ddpm
 from .schedule import Schedule
@@ -41,6 +42,7 @@ def _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, prefix):
 
 def median_time(fn, repeats):
     """Median wall time (s) of fn() over ``repeats`` calls, after one warm-up call."""
+    as_count(repeats, "repeats", low=1)
     fn()
     times = []
     for _ in range(repeats):
@@ -52,6 +54,10 @@ def median_time(fn, repeats):
 
 def run(data="ring8", seed=0, denoiser_steps=None, classifier_steps=None, n_eval=100_000, n_samples=2000):
     """All the figures as a dict of plain numbers (what ``refdiff bench --json`` prints)."""
+    as_count(seed, "seed"), as_count(n_eval, "n_eval", low=2), as_count(n_samples, "n_samples", low=2)
+    for name, steps in (("denoiser_steps", denoiser_steps), ("classifier_steps", classifier_steps)):
+        if steps is not None:
+            as_count(steps, name)
     mix, sched, rng = toy_data.mixture(data), Schedule.linear(1000), np.random.default_rng(seed)
     x0, y = mix.sample(50_000, rng)
     den_opts, clf_opts = budget(DENOISER_2D, denoiser_steps), budget(CLASSIFIER_2D, classifier_steps)
@@ -109,6 +115,10 @@ def run_images(seed=0, denoiser_steps=None, classifier_steps=None, n_samples=700
     """Tiny-image figures: training times, the noisy classifier's accuracy on clean images, and how
     often the rule-based judge (toy_data.images.judge) finds the requested class in unguided
     conditional samples (DDIM with 50 steps, DDPM with 1000), with the time per sample."""
+    as_count(seed, "seed"), as_count(n_samples, "n_samples", low=1)
+    for name, steps in (("denoiser_steps", denoiser_steps), ("classifier_steps", classifier_steps)):
+        if steps is not None:
+            as_count(steps, name)
     sched, rng = Schedule.linear(1000), np.random.default_rng(seed)
     x0, y = images.sample(20_000, rng)
     den_opts, clf_opts = budget(DENOISER_IMAGES, denoiser_steps), budget(CLASSIFIER_IMAGES, classifier_steps)

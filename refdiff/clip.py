@@ -36,6 +36,7 @@ CLIP_CLEAN_IMAGES = {"steps": 1000, "batch": 256, "lr": 2e-3, "hidden": 128, "de
 
 def label_vocab(num_labels):
     """The vocabulary of labelled 2D data: "label 0", ..., "label K-1"."""
+    as_count(num_labels, "num_labels")
     return tuple(f"label {k}" for k in range(num_labels))
 
 
@@ -256,6 +257,7 @@ def train_clip(x, words, vocab, rng, sched=None, steps=2000, batch=256, lr=2e-3,
     if words.dtype != bool or words.shape != (len(x), len(vocab)):
         raise ValueError(f"words must be a bool array of shape ({len(x)}, {len(vocab)}), got {words.dtype} {words.shape}")
     partial_bags(words[:1], np.random.default_rng(0), p_keep)  # checks p_keep before any training
+    as_count(batch, "batch", low=1)
     config = ClipConfig(x.shape[1], tuple(vocab), embed, hidden, depth, arch=arch, dtype=dtype)
     cast = DTYPES[dtype]
 

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from . import methods, plot
+from .arrays import as_count
 from .guidance import classifier_free_guidance
 from .npz import save_npz_atomic
 from .samplers import ddim
@@ -40,6 +41,7 @@ def run(data, out_dir, rng, den_opts=DENOISER_DEMO, clf_opts=CLASSIFIER_DEMO, ws
     rng : numpy.random.Generator; ws : strengths w (classifier guidance at s = 1 + w)
     say : callable(str) told of each step
     """
+    as_count(n_per_label, "n_per_label", low=1)
     if data.x.shape[1] != 2:
         raise ValueError(f"--data must hold 2D points for the demo, got dimension {data.x.shape[1]}")
     os.makedirs(out_dir, exist_ok=True)

@@ -25,6 +25,7 @@ import numpy as np
 from toy_data import captions, images
 
 from . import clip, latent, methods, plot
+from .arrays import as_count
 from .demo import save_figure
 from .guidance import clip_guidance, clip_x0_guidance
 from .npz import save_npz_atomic
@@ -60,6 +61,7 @@ def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say
     ws : strengths w; n_per_label : samples per class and strength; n_caption : samples per caption and scale
     say : callable(str) told of each step
     """
+    as_count(n_per_label, "n_per_label", low=1), as_count(n_caption, "n_caption", low=1)
     if set(budgets) != set(BUDGETS):
         raise ValueError(f"budgets must name exactly {sorted(BUDGETS)}, got {sorted(budgets)}")
     os.makedirs(out_dir, exist_ok=True)

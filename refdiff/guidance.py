@@ -156,6 +156,7 @@ def cfg_rule(cond, uncond, w):
     The weights sum to 1, so the rule commutes with any map that is affine in the prediction:
     it gives the same guided model applied to eps, x0, score or v predictions (G8).
     """
+    as_real(w, "w")
     return (1 + w) * cond - w * uncond
 
 
@@ -219,7 +220,8 @@ def interval_cfg(eps_model, y, w, t_low, t_high):
     interval in timesteps, t_low <= t_high in 1..T (sigma of (S6) is increasing in t).
     """
     w = as_real(w, "w")
-    if not (isinstance(t_low, (int, np.integer)) and isinstance(t_high, (int, np.integer)) and 1 <= t_low <= t_high):
+    if not (isinstance(t_low, (int, np.integer)) and isinstance(t_high, (int, np.integer)) and 1 <= t_low <= t_high
+            and not isinstance(t_low, bool) and not isinstance(t_high, bool)):
         raise ValueError(f"t_low and t_high must be integers with 1 <= t_low <= t_high, got {t_low!r}, {t_high!r}")
 
     def eps_fn(x, t):

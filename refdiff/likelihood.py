@@ -79,6 +79,7 @@ def flow_to_prior(eps_fn, sched, x, probes=None, rtol=1e-6, atol=1e-8):
     -------
     (x_T (N, D), delta (N,)) with delta = log p~_1(x~_1) - log p~_T(x~_T) = int sqrt(a) tr J dsigma
     """
+    as_real(rtol, "rtol", above=0), as_real(atol, "atol", above=0)
     shape, T = x.shape, sched.T
     n = shape[0]
     s_1, s_T = float(sched.sigma_at(1)), float(sched.sigma_at(T))

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from .arrays import as_real
 from .guidance import classifier_free_guidance, classifier_guidance, clip_guidance
 
 PARAMETERS = ("w", "s")  # the CFG weight w; the classifier scale s
@@ -45,6 +46,7 @@ class Method:
 
     def value_at(self, w):
         """The method's own strength at the common strength w: w, or s = 1 + w (eq. (G5))."""
+        as_real(w, "w")
         return float(w) if self.parameter == "w" else 1.0 + float(w)
 
     def title(self, sep=" "):
@@ -54,6 +56,7 @@ class Method:
 
     def eps_fn(self, models, sched, y, value):
         """The guided eps_fn at strength ``value`` (in the method's convention) for the labels y."""
+        as_real(value, self.parameter)  # named in the method's convention: "w must be ...", "s must be ..."
         missing = [name for name in self.needs if models.get(name) is None]
         if missing:
             raise ValueError(f"method {self.name!r} needs the models {list(self.needs)}, missing {missing}")

@@ -16,7 +16,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.extend import defvjp, primitive
 
-from .arrays import DTYPES, as_count, as_points, as_times, check_rng
+from .arrays import DTYPES, as_count, as_points, as_times, check_rng, is_real
 from .labels import NULL_LABEL, as_labels
 from .npz import config_from, config_object, read_schedule
 
@@ -63,6 +63,9 @@ def time_embedding(t, dim):
     Vaswani et al. (2017), as Ho et al. (2020) use it for t; defined for real t too. Shape (N, dim).
     Integer t is looked up in a table computed once.
     """
+    as_count(dim, "dim", low=1)
+    if not is_real(t) or not np.all(np.isfinite(t)):
+        raise ValueError(f"t must be a finite real number or array of them, got {t!r}")
     t = np.asarray(t).reshape(-1)
     if np.issubdtype(t.dtype, np.integer) and t.size and t.min() >= 0:
         return _time_table(dim, 1 << int(t.max()).bit_length())[t]

@@ -128,6 +128,8 @@ def read_scale(entry):
 
 def read_params(params, shapes, dtype_name):
     """params in the order of ``shapes``, after checking names, shapes, dtype and finiteness."""
+    if dtype_name not in DTYPES:
+        raise ValueError(f"config dtype must be one of {tuple(DTYPES)}, got {dtype_name!r}")
     dtype = DTYPES[dtype_name]
     if params.keys() != shapes.keys():
         missing, extra = sorted(shapes.keys() - params.keys()), sorted(params.keys() - shapes.keys())

@@ -13,7 +13,7 @@ import numpy as np
 from autograd.scipy.special import logsumexp
 from autograd.tracer import getval
 
-from .arrays import alpha_bar_of, as_count, as_int_batch, as_points, as_times, check_rng
+from .arrays import alpha_bar_of, as_count, as_int_batch, as_points, as_times, check_rng, is_real
 from .labels import NULL_LABEL, as_labels
 from .process import q_sample
 
@@ -69,6 +69,8 @@ class GaussianMixture:
         """Validate x (N, D), alpha_bar (scalar or (N,)) in [0, 1] and labels; shape a as (N, 1, 1)."""
         x = as_points(x, "x", dim=self.dim)
         n = x.shape[0]
+        if not is_real(alpha_bar):
+            raise ValueError(f"alpha_bar must be a number or an array of shape ({n},) in [0, 1], got {alpha_bar!r}")
         a = np.asarray(alpha_bar, dtype=np.float64)
         if a.ndim == 0:
             a = np.full(n, float(a))

@@ -68,7 +68,7 @@ def vector_field(ax, field_fn, sched, t, lim=3.0, n=21, what="score", kind="quiv
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if y is not None and density is None:
         raise ValueError(f"y={y!r} selects the class of density's contours; pass density too")
-    t = int(as_timesteps(t, 1, sched.T)[0])
+    t = _one_timestep(t, sched)
     lim, n, levels = as_real(lim, "lim", above=0), as_count(n, "n", low=2), as_count(levels, "levels", low=1)
     X, Y, U, V = field_on_grid(field_fn, sched, t, lim, n, what)
     if density is not None:
@@ -100,6 +100,7 @@ def field_on_grid(field_fn, sched, t, lim, n, what):
     Returns (X, Y, U, V), each (n, n): the grid's coordinates (X[i, j] = xs[j], Y[i, j] = xs[i] for
     xs = linspace(-lim, lim, n)) and the field's two components there.
     """
+    t, lim, n = _one_timestep(t, sched), as_real(lim, "lim"), as_count(n, "n", low=1)
     xs = np.linspace(-lim, lim, n)
     X, Y = np.meshgrid(xs, xs)  # (n, n) each
     grid = np.stack([X.ravel(), Y.ravel()], axis=1)  # (M, 2), row-major over (i, j)
@@ -131,6 +132,7 @@ def scale_sweep_grid(fig, samples, y, methods, ws, lim=3.0, s=2):
     methods, ws = list(methods), list(ws)
     _check_sweep(samples, methods, ws)
     lim = as_real(lim, "lim", above=0)
+    as_real(s, "s", low=0)
     first = as_points(samples[methods[0], ws[0]], f"samples[{methods[0]!r}, {ws[0]!r}]", dim=2)
     colors = _colors_of(y, len(first))  # (N, 4)
     axes = fig.subplots(len(methods), len(ws), squeeze=False, sharex=True, sharey=True)
@@ -269,6 +271,13 @@ def fidelity_diversity(ax, rows):
     ax.set_ylabel("mean exact p(y | x0) (M7)")
     ax.legend()
     return ax
+
+
+def _one_timestep(t, sched):
+    """t as an int, raising ValueError unless it is one integer timestep in 1..T (not an array of one)."""
+    if np.ndim(t) != 0:
+        raise ValueError(f"t must be an integer timestep in 1..{sched.T}, got {t!r}")
+    return int(as_timesteps(t, 1, sched.T)[0])
 
 
 def _colors_of(y, n):

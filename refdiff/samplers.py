@@ -291,6 +291,7 @@ def _rk45_states(eps_fn, sched, x, x_tilde, sigmas, rtol, atol):
 def model_time(sched, sigma):
     """t(sigma) of (S6) for a model call inside an ODE solver: sigma capped at sigma(T) and t clipped
     to [1, T] (models are defined for t >= 1), against the solver's and the bisection's round-off."""
+    as_real(sigma, "sigma", low=0)
     return float(np.clip(sched.t_of_sigma(min(sigma, float(sched.sigma_at(sched.T)))), 1.0, sched.T))
 
 

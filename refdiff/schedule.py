@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from .arrays import as_count, as_real
+from .arrays import as_count, as_real, is_real
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -140,6 +140,8 @@ class Schedule:
         sigma(t) is increasing (strictly while alpha_bar > 0), so 64 halvings of [0, T] pin t down
         to float64 resolution. sigma must be finite, >= 0 and <= sigma_at(T).
         """
+        if not is_real(sigma):
+            raise ValueError(f"sigma must be a real number or array, finite and >= 0, got {sigma!r}")
         sigma = np.asarray(sigma, dtype=np.float64)
         if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):
             raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
@@ -215,6 +217,8 @@ def _log_alpha_bar_interpolant(alpha_bar):
 def _check_times(t, T, name="t"):
     """t as a finite float64 array in [0, T], raising ValueError naming ``name`` otherwise."""
     try:
+        if not is_real(t):
+            raise TypeError(f"dtype of {t!r}")
         t = np.asarray(t, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a real number or array in [0, {T}], got {t!r}") from None

@@ -10,7 +10,7 @@ import numpy as np
 from toy_data import images
 
 from . import methods as registry
-from .arrays import check_rng
+from .arrays import as_count, check_rng
 from .metrics import class_spread, energy_distance, fidelity
 from .samplers import ddim
 
@@ -76,6 +76,8 @@ def data_measures(x_data, y_data, num_labels):
     """Measures of samples of a data set without a closed form: the mean over classes of the
     spread (M8), and of the energy distance (M1) from each class's samples to that class's data
     points (x_data, y_data)."""
+    as_count(num_labels, "num_labels", low=1)
+
     def measure(x, y):
         energy = [energy_distance(x[y == k], x_data[y_data == k]) for k in np.unique(y)]
         return {"spread": float(np.nanmean(class_spread(x, y, num_labels))), "energy": float(np.mean(energy))}

@@ -11,14 +11,20 @@ DDIM becomes the probability-flow ODE and DDPM the reverse SDE, whose outputs ar
 import numpy as np
 from scipy.integrate import quad
 
-from .arrays import as_timesteps
+from .arrays import as_real, as_timesteps, is_real
 from .labels import NULL_LABEL
 from .oracle import GaussianMixture
+
+
+def _check_pair(mu, v, w):
+    """Raise ValueError naming the argument unless mu and w are finite numbers and v > 0."""
+    as_real(mu, "mu"), as_real(v, "v", above=0), as_real(w, "w")
 
 
 def exact_pair(sched, mu, v):
     """The exact denoiser of the pair: ``eps_model(x, t, y=None)`` with x of shape (N, 1), the oracle
     of p(x) = N(0, 1) for y = None or NULL_LABEL rows and of p(x | y) = N(mu, v) for the others."""
+    _check_pair(mu, v, 0.0)
     prior = GaussianMixture([1.0], [[0.0]], [[[1.0]]]).eps_model(sched)
     cond = GaussianMixture([1.0], [[mu]], [[[v]]]).eps_model(sched)
 
@@ -43,6 +49,9 @@ def cfg_eps_coefficients(a, mu, v, w):
     -------
     (e1, e0) : floats or arrays shaped like a
     """
+    if not is_real(a) or not np.all((np.asarray(a) >= 0) & (np.asarray(a) <= 1)):
+        raise ValueError(f"a must be a number or an array of numbers in [0, 1] (alpha_bar_t), got {a!r}")
+    _check_pair(mu, v, w)
     a = np.asarray(a, dtype=np.float64)
     s = np.sqrt(1 - a)
     var_y = a * v + 1 - a
@@ -64,6 +73,8 @@ def ddim_output(sched, ts, mu, v, w, eta=0.0):
     -------
     (mean, var) : floats
     """
+    _check_pair(mu, v, w)
+    as_real(eta, "eta", low=0)
     ts = as_timesteps(ts, len(ts), sched.T, "ts")
     mean, var = 0.0, 1.0
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
@@ -87,6 +98,7 @@ def ddpm_output(sched, ts, mu, v, w, variance="beta_tilde", mean_shift=False):
     Algorithm 1 instead (G9): eps is the unconditional one (T1 at w = -1) and the mean moves by
     sigma^2 g, g = (1 + w) grad log p(y | x_t) = -(1 + w) (eps(x | y) - eps(x)) / sqrt(1 - a) by (G1).
     """
+    _check_pair(mu, v, w)
     ts = as_timesteps(ts, len(ts), sched.T, "ts")
     sub = sched.respace(ts)
     var_table = sub.posterior_variance() if variance == "beta_tilde" else sub.betas
@@ -109,6 +121,7 @@ def tilted(mu, v, w):
     Exponents add: its precision is (1 + w) / v - w and its precision-weighted mean (1 + w) mu / v.
     ValueError when the precision is not positive (no normalisable density).
     """
+    _check_pair(mu, v, w)
     precision = (1 + w) / v - w
     if not precision > 0:
         raise ValueError(f"w = {w} with v = {v}: (1 + w) / v - w = {precision} <= 0, the tilted density "
@@ -124,6 +137,7 @@ def ode_limit(mu, v, w):
     s = 1 + a (v - 1), whose solution from a = 0 (x ~ N(0, 1)) to a = 1 has
     var = v^(1 + w) and mean = (1 + w) mu v^((1 + w) / 2) / 2 * int_0^1 b^(-1/2) s(b)^(-(3 + w) / 2) db.
     """
+    _check_pair(mu, v, w)
     integral = quad(lambda b: (1 + b * (v - 1)) ** (-(3 + w) / 2), 0, 1, weight="alg", wvar=(-0.5, 0),
                     epsabs=0, epsrel=1e-12)[0]
     return (1 + w) * mu * v ** ((1 + w) / 2) / 2 * integral, v ** (1 + w)
@@ -137,6 +151,7 @@ def sde_limit(mu, v, w):
     and from a = 0 to a = 1: mean = mu r(1 + w), var = v r(1 + 2w) / (1 + 2w), where
     r(k) = (v^k - 1) / (v - 1) (r(k) = k at v = 1).
     """
+    _check_pair(mu, v, w)
     return mu * _geometric(v, 1 + w), v * _geometric(v, 1 + 2 * w, per_k=True)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from autograd import elementwise_grad
 from scipy.integrate import quad_vec
 
+from .arrays import as_count, as_real, is_real
 from .guidance import classifier_free_guidance
 from .oracle import GaussianMixture
 from .samplers import ddim, ddpm, ode_adaptive
@@ -34,17 +35,21 @@ def tilted_log_density(mixture, x, y, w):
 
     x : (N, D); y : int label; w : float. Differentiable in x by autograd.
     """
+    as_real(w, "w")
     return (1 + w) * mixture.log_prob(x, y) - w * mixture.log_prob(x)
 
 
 def confidence(mixture, x, y):
     """The exact classifier's p(y | x_0) at each sample, eq. (O5) at alpha_bar = 1 (eq. (T8)); shape (N,)."""
+    as_count(y, "y")
     return np.exp(mixture.log_classifier(x, 1.0)[:, y])
 
 
 def gaussian_entropy(var):
     """The entropy of N(., var), 1/2 log(2 pi e var): an upper bound on any 1D density's differential
     entropy at that variance (eq. (T8))."""
+    if not is_real(var) or not np.all(np.isfinite(var)) or np.any(np.asarray(var) < 0):
+        raise ValueError(f"var must be a finite number >= 0 or an array of them, got {var!r}")
     return 0.5 * np.log(2 * np.pi * np.e * np.asarray(var, dtype=np.float64))
 
 
@@ -65,6 +70,7 @@ def tilted_moments(mixture, y, w, span=12.0):
     -------
     dict with keys "mean", "var", "confidence", "entropy" (floats)
     """
+    as_count(y, "y"), as_real(w, "w"), as_real(span, "span", above=0)
     if mixture.dim != 1:
         raise ValueError(f"tilted_moments needs a 1D mixture, got dim = {mixture.dim}")
     sd = float(np.sqrt(mixture.covs.max()))
@@ -92,6 +98,7 @@ def sample_cfg(mixture, sched, y, w, sampler, n, rng, steps=200):
     chain respaced to ``steps`` leading steps, (D1)) or "ode" (the probability-flow ODE by adaptive
     RK45, rtol 1e-5, atol 1e-7, (D5); ``steps`` unused). Returns x_0 of shape (n, D).
     """
+    as_count(n, "n", low=1), as_count(steps, "steps", low=1)
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     eps_fn = classifier_free_guidance(mixture.eps_model(sched), y, w)
@@ -129,6 +136,8 @@ def cfg_table(sched, ws=(0.0, 1.0, 2.0, 4.0), seed=0, n=20_000, steps=200, n_ode
     One ``numpy.random.default_rng(seed)`` is consumed in the order w, then ddim, ddpm, ode.
     Returns a list of dicts {"w", "ddim", "ddpm", "ode", "tilted"}.
     """
+    as_count(seed, "seed"), as_count(n, "n", low=1), as_count(steps, "steps", low=1)
+    as_count(n_ode, "n_ode", low=1), as_count(y, "y")
     mixture, rng, rows = two_class_mixture(), np.random.default_rng(seed), []
     for w in ws:
         row = {"w": w, "tilted": tilted_moments(mixture, y, w)}
@@ -155,6 +164,7 @@ def powered_score(mixture, x, alpha_bar, y, gamma):
 
     x : (N, D); alpha_bar : float in [0, 1]; y : int label; gamma : float. Returns (N, D).
     """
+    as_real(gamma, "gamma")
     def log_powered(z):
         return gamma * mixture.log_prob_noised(z, alpha_bar, y) + (1 - gamma) * mixture.log_prob_noised(z, alpha_bar)
     return elementwise_grad(lambda z: anp.sum(log_powered(z)))(np.asarray(x, dtype=np.float64))
@@ -163,21 +173,25 @@ def powered_score(mixture, x, alpha_bar, y, gamma):
 def cfg_score(mixture, sched, x, t, y, w):
     """The CFG score -eps_bar / sqrt(1 - alpha_bar_t), eps_bar from ``classifier_free_guidance`` on the
     exact oracle (G5, C3); x (N, D), t int in 1..T. Returns (N, D)."""
+    as_count(t, "t", low=1), as_real(w, "w")
     eps = classifier_free_guidance(mixture.eps_model(sched), y, w)(x, np.full(len(x), t))
     return -eps / np.sqrt(1 - sched.alpha_bar[t])
 
 
 def reverse_sde_drift(x, score, beta):
     """Drift of the reverse VP SDE in reverse time, -f(x) + g^2 score = beta x / 2 + beta score (eq. (T10))."""
+    as_real(beta, "beta", low=0)
     return 0.5 * beta * x + beta * score
 
 
 def pf_ode_drift(x, score, beta):
     """Drift of the probability-flow ODE in reverse time, -f(x) + g^2 score / 2 = beta (x + score) / 2 (eq. (T10))."""
+    as_real(beta, "beta", low=0)
     return 0.5 * beta * (x + score)
 
 
 def langevin_drift(score, beta):
     """Drift of Langevin dynamics dx = (eps / 2) score dtau + sqrt(eps) dW with step eps = g^2 dtau
     = beta dtau, per unit reverse time: beta score / 2 (eq. (T11))."""
+    as_real(beta, "beta", low=0)
     return 0.5 * beta * score

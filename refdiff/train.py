@@ -38,6 +38,8 @@ CLASSIFIER_IMAGES_SMALL = {"steps": 1000, "batch": 256, "lr": 5e-3, "hidden": 25
 
 def budget(default, steps):
     """A training budget (one of the dicts above) with its step count replaced when ``steps`` is given."""
+    if steps is not None:
+        as_count(steps, "steps")
     return {**default, "steps": steps or default["steps"]}
 
 
@@ -166,8 +168,15 @@ def lr_at(k, steps, lr):
 
 
 def clip_by_global_norm(grads, clip):
-    """Every gradient times min(1, clip / (||g|| + 1e-12)), ||g|| the norm of all of them together (eq. (L7))."""
+    """Every gradient times min(1, clip / (||g|| + 1e-12)), ||g|| the norm of all of them together (eq. (L7)).
+
+    A norm whose squares overflow float64 (entries beyond ~1e154) is taken of the gradients
+    divided by their largest entry, then scaled back.
+    """
     norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
+    if np.isinf(norm):
+        big = max(float(np.max(np.abs(g))) for g in grads.values())
+        norm = big * np.sqrt(sum(float(np.sum((g.astype(np.float64) / big) ** 2)) for g in grads.values()))
     scale = min(1.0, clip / (norm + 1e-12))
     return {name: g * scale for name, g in grads.items()}
 

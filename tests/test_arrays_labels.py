@@ -1,4 +1,8 @@
 """Tests for refdiff/arrays.py and refdiff/labels.py: the input checks every module relies on."""
+import math
+import re
+from fractions import Fraction
+
 import autograd
 import autograd.numpy as anp
 import numpy as np
@@ -7,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refdiff.arrays import as_count, as_int_batch, as_points, as_timesteps, check_rng
+from refdiff.arrays import as_real
 from refdiff.labels import NULL_LABEL, as_labels
 from strategies import points, shapes
 
@@ -171,3 +176,128 @@ def test_check_rng():
     for bad in (0, None, np.random.RandomState(0), np.random):
         with pytest.raises(ValueError, match="rng must be a numpy.random.Generator"):
             check_rng(bad)
+
+
+# ---- as_real --------------------------------------------------------------------------------
+
+# float(n) of an int n is finite exactly when |n| < 2^1024 - 2^970: from there on it rounds (half
+# to even) to 2^1024, beyond float64's largest value (2 - 2^-52) 2^1023, and overflows.
+FLOAT_INT_LIMIT = 2**1024 - 2**970
+NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True)
+FLOATS = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)  # +-1.8e308 down to 5e-324, +-0
+REALS = st.one_of(
+    FLOATS,
+    st.integers(-FLOAT_INT_LIMIT + 1, FLOAT_INT_LIMIT - 1),
+    st.integers(-2**63, 2**63 - 1).map(np.int64),
+    st.integers(0, 2**64 - 1).map(np.uint64),
+    FLOATS.map(np.float64),
+    st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=True).map(np.float32),
+    st.builds(Fraction, st.integers(-10**300, 10**300), st.integers(1, 10**320)),  # 1e300 down to 1e-320
+)
+OPS = {"low": ">=", "high": "<=", "above": ">", "below": "<"}
+
+
+def same_float(a, b):
+    """Equal as float64 bit patterns (so -0.0 differs from 0.0)."""
+    return type(a) is float and a.hex() == b.hex()
+
+
+def message(name, allowed, value):
+    """as_real's message, as a full-match pattern."""
+    return f"^{re.escape(f'{name} must be {allowed}, got {value!r}')}$"
+
+
+@given(REALS, NAMES)
+def test_as_real_returns_the_float_of_a_real_number(value, name):
+    assert same_float(as_real(value, name), float(value)), (value, as_real(value, name))
+    assert same_float(as_real(value, name, optional=True), float(value))
+
+
+@given(FLOATS, FLOATS, st.sampled_from(sorted(OPS)), NAMES)
+def test_as_real_each_bound_alone(value, bound, kind, name):
+    inside = {"low": value >= bound, "high": value <= bound, "above": value > bound, "below": value < bound}[kind]
+    if inside:
+        assert same_float(as_real(value, name, **{kind: bound}), value)
+    else:
+        with pytest.raises(ValueError, match=message(name, f"a finite number {OPS[kind]} {bound:g}", value)):
+            as_real(value, name, **{kind: bound})
+
+
+@given(FLOATS, NAMES)
+def test_as_real_at_a_bound_exactly_and_one_ulp_either_side(bound, name):
+    """low and high are inclusive, above and below exclusive: at the bound itself and at its
+    floating-point neighbours."""
+    down, up = np.nextafter(bound, -np.inf), np.nextafter(bound, np.inf)
+    for kind, accepts in {"low": (False, True, True), "high": (True, True, False),
+                          "above": (False, False, True), "below": (True, False, False)}.items():
+        for value, ok in zip((float(down), bound, float(up)), accepts):
+            if not math.isfinite(value):
+                continue
+            if ok:
+                assert same_float(as_real(value, name, **{kind: bound}), value), (kind, bound, value)
+            else:
+                with pytest.raises(ValueError, match=message(name, f"a finite number {OPS[kind]} {bound:g}", value)):
+                    as_real(value, name, **{kind: bound})
+
+
+@given(FLOATS, st.lists(FLOATS, min_size=2, max_size=2).map(sorted), st.sampled_from(["low", "above"]),
+       st.sampled_from(["high", "below"]), NAMES)
+def test_as_real_two_bounds(value, bounds, left, right, name):
+    lo, hi = bounds
+    inside = (value >= lo if left == "low" else value > lo) and (value <= hi if right == "high" else value < hi)
+    kwargs = {left: lo, right: hi}
+    if inside:
+        assert same_float(as_real(value, name, **kwargs), value)
+    else:
+        brackets = ("[" if left == "low" else "(") + f"{lo:g}, {hi:g}" + ("]" if right == "high" else ")")
+        with pytest.raises(ValueError, match=message(name, f"a number in {brackets}", value)):
+            as_real(value, name, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [
+    True, False, np.True_, "1.0", "", "nan", None, [1.0], (1.0,), {1.0}, np.array(1.0), np.array([1.0]),
+    1 + 0j, 1j, np.complex128(1), float("nan"), float("inf"), -float("inf"), np.float32("nan"), np.float64("inf"),
+    -np.float32("inf"), FLOAT_INT_LIMIT, -FLOAT_INT_LIMIT, 2**5000, np.float16("inf"),
+    Fraction(10**400), Fraction(-10**400, 3), object()],
+    ids=lambda bad: type(bad).__name__ + ":" + repr(bad)[:20])
+def test_as_real_refuses_what_is_not_a_finite_real_naming_the_argument(bad):
+    with pytest.raises(ValueError, match=message("lr", "a finite number", bad)):
+        as_real(bad, "lr")
+    with pytest.raises(ValueError, match=message("lr", "a finite number > 0", bad)):
+        as_real(bad, "lr", above=0)
+    if bad is not None:
+        with pytest.raises(ValueError, match=message("lr", "None or a finite number", bad)):
+            as_real(bad, "lr", optional=True)
+
+
+@given(st.one_of(st.integers(FLOAT_INT_LIMIT, 2**1100), st.integers(-2**1100, -FLOAT_INT_LIMIT)), NAMES)
+def test_as_real_refuses_ints_beyond_the_float64_range(value, name):
+    with pytest.raises(ValueError, match=message(name, "a finite number", value)):
+        as_real(value, name)
+    nearest = FLOAT_INT_LIMIT - 1 if value > 0 else 1 - FLOAT_INT_LIMIT  # the last int that fits
+    assert as_real(nearest, name) == (1 if value > 0 else -1) * np.finfo(np.float64).max
+
+
+def test_as_real_optional_and_the_documented_messages():
+    assert as_real(None, "min_score", optional=True) is None
+    assert as_real(None, "min_score", optional=True, low=0, below=1) is None
+    for call, text in [
+            (lambda: as_real("x", "lr", above=0), "lr must be a finite number > 0, got 'x'"),
+            (lambda: as_real(float("nan"), "p_uncond", low=0, high=1), "p_uncond must be a number in [0, 1], got nan"),
+            (lambda: as_real(1, "p", low=0, below=1), "p must be a number in [0, 1), got 1"),
+            (lambda: as_real(float("inf"), "min_score", optional=True), "min_score must be None or a finite number, got inf"),
+            (lambda: as_real(-1, "clip", above=0, optional=True), "clip must be None or a finite number > 0, got -1"),
+            (lambda: as_real(None, "scale"), "scale must be a finite number, got None"),
+            (lambda: as_real(2.0, "ema", above=0, below=1), "ema must be a number in (0, 1), got 2.0"),
+            (lambda: as_real(-2, "kl_weight", low=0), "kl_weight must be a finite number >= 0, got -2"),
+            (lambda: as_real(3, "t", high=2.5), "t must be a finite number <= 2.5, got 3"),
+            (lambda: as_real(0, "x", below=-1e-300), "x must be a finite number < -1e-300, got 0")]:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == text, (str(err.value), text)
+
+
+def test_as_real_names_the_argument_for_an_int_too_long_to_print():
+    # repr of an int of more than 4300 digits raises Python's own ValueError; the message describes it instead
+    with pytest.raises(ValueError, match="^lr must be a finite number"):
+        as_real(10**5000, "lr")

@@ -1,5 +1,7 @@
 """Checkpoints: the file format, bit-exact round trips, one ValueError naming the file for every
 bad file, and atomic writes (refdiff/checkpoint.py)."""
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -11,8 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from refdiff import checkpoint
+from refdiff import clip as clip_module
+from refdiff import latent as latent_module
+from refdiff import nn as nn_module
+from refdiff.arrays import DTYPES
 from refdiff.checkpoint import load, save
 from refdiff.npz import save_npz_atomic
+from refdiff.npz import all_fields, config_from, fields_of, only_meta_fields, read_scale
 from refdiff.nn import param_shapes
 from refdiff.nn import Classifier, Denoiser, MLPConfig, init_params
 from refdiff.schedule import Schedule
@@ -758,3 +766,181 @@ def test_overwriting_across_kinds(tmp_path):
     assert_new_kind_round_trip(small_clip(False), path)
     assert_round_trip(small_model("classifier"), path)
     assert os.listdir(tmp_path) == ["m.npz"]
+
+
+# -- a model kind of one's own (checkpoint.register_kind) and the table of kinds --------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PolyConfig:
+    """A user's config: a frozen dataclass with a dtype field (docs/architecture.md, "How to add a
+    model kind")."""
+    dim: int
+    degree: int
+    dtype: str = "float64"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+
+
+def poly_shapes(config):
+    return {"coef": (config.degree + 1, config.dim), "shift": (config.dim,)}
+
+
+class Poly:
+    """A user's model: x -> gain * sum_j coef_j x^j + shift, coordinatewise; params, a config and
+    one extra value (gain), constructed as cls(params, config, extra)."""
+
+    def __init__(self, params, config, gain):
+        self.params, self.config, self.gain = params, config, gain
+
+    def __call__(self, x):
+        powers = x[..., None] ** np.arange(self.config.degree + 1)  # (N, D, J)
+        return self.gain * np.einsum("ndj,jd->nd", powers, self.params["coef"]) + self.params["shift"]
+
+
+def poly_to_entries(model):
+    return {"config": fields_of(model.config, PolyConfig)}, {"gain": np.array(model.gain, np.float64)}
+
+
+def poly_from_entries(meta, arrays):
+    only_meta_fields(meta, set())
+    config = config_from(PolyConfig, all_fields(meta, PolyConfig))
+    return config, read_scale(arrays.pop("gain", None)), poly_shapes(config)
+
+
+POLY = checkpoint.Kind(Poly, poly_to_entries, poly_from_entries)
+BUILT_IN_KINDS = ("denoiser", "classifier", "clip", "autoencoder")
+
+
+@contextlib.contextmanager
+def poly_registered():
+    """The kind "poly" in checkpoint.KINDS for the with-block, removed afterwards whatever happens."""
+    checkpoint.register_kind("poly", POLY)
+    try:
+        yield
+    finally:
+        del checkpoint.KINDS["poly"]
+    assert tuple(checkpoint.KINDS) == BUILT_IN_KINDS
+
+
+def random_poly(dim, degree, dtype, seed, gain, history):
+    """Parameters over 60 decades (float64; 40 in float32), signed, with exact zeros, -0.0 and a
+    subnormal, so that any conversion on the way would change some bits."""
+    rng = np.random.default_rng(seed)
+    tiny = np.finfo(DTYPES[dtype]).smallest_subnormal
+    params = {}
+    for key, shape in poly_shapes(PolyConfig(dim, degree, dtype)).items():
+        decades = 30 if dtype == "float64" else 18
+        value = rng.choice([-1.0, 1.0], shape) * 10.0 ** rng.uniform(-decades, decades, shape)
+        value.flat[rng.integers(0, value.size)] = rng.choice([0.0, -0.0, tiny, -tiny])
+        params[key] = value.astype(dtype)
+    model = Poly(params, PolyConfig(dim, degree, dtype), gain)
+    if history:
+        model.history = rng.standard_normal(int(rng.integers(1, 9)))
+    return model
+
+
+@given(st.integers(1, 5), st.integers(0, 3), st.sampled_from(["float64", "float32"]), st.integers(0, 2**32 - 1),
+       st.floats(min_value=0, exclude_min=True, allow_infinity=False), st.booleans())
+def test_a_registered_kind_round_trips_bit_for_bit(dim, degree, dtype, seed, gain, history):
+    model = random_poly(dim, degree, dtype, seed, gain, history)
+    with poly_registered(), tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "p.npz")
+        save(path, model)
+        entries = saved_entries(path)
+        back = load(path)
+    assert set(entries) == {"meta", "gain", "param/coef", "param/shift"} | ({"history"} if history else set())
+    assert json.loads(entries["meta"].item()) == {
+        "format": "refdiff-checkpoint", "version": 1, "kind": "poly",
+        "config": {"dim": dim, "degree": degree, "dtype": dtype}}, entries["meta"]
+    assert type(back) is Poly and back.config == model.config and list(back.params) == ["coef", "shift"]
+    for key, value in model.params.items():
+        got = back.params[key]
+        assert got.dtype == value.dtype and got.shape == value.shape and got.tobytes() == value.tobytes(), (
+            key, got, value)
+    assert type(back.gain) is float and back.gain == gain, (back.gain, gain)
+    assert hasattr(back, "history") == history
+    if history:
+        assert back.history.tobytes() == model.history.tobytes(), (back.history, model.history)
+    x = np.random.default_rng(seed).uniform(-2, 2, (4, dim)).astype(dtype)
+    with np.errstate(all="ignore"):  # huge params and gains overflow alike on both sides
+        want, got = model(x), back(x)
+    assert got.tobytes() == want.tobytes(), (got, want)
+
+
+def test_an_unregistered_kind_is_neither_written_nor_read(tmp_path):
+    model, path = random_poly(2, 1, "float64", 0, 1.5, False), tmp_path / "p.npz"
+    with pytest.raises(ValueError, match="model must be a Denoiser, Classifier, Clip or Autoencoder, got Poly"):
+        save(path, model)
+    with poly_registered():
+        save(path, model)
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint {path}: 'meta' kind must be one of {BUILT_IN_KINDS}, "
+                                                   "got 'poly'")):
+        load(path)
+
+
+def test_register_kind_refuses_a_taken_name_and_a_non_kind():
+    for name in BUILT_IN_KINDS + ("", None, 3):
+        with pytest.raises(ValueError, match=r"name must be a new kind's name \(not one of"):
+            checkpoint.register_kind(name, POLY)
+    for bad in (tuple(POLY), list(POLY), Poly, None):
+        with pytest.raises(ValueError, match="kind must be a checkpoint.Kind, got"):
+            checkpoint.register_kind("poly", bad)
+    assert tuple(checkpoint.KINDS) == BUILT_IN_KINDS
+    with poly_registered():
+        with pytest.raises(ValueError, match="not one of .*'poly'.*got 'poly'"):
+            checkpoint.register_kind("poly", POLY)
+        assert checkpoint.KINDS["poly"] is POLY
+    assert checkpoint.KINDS["denoiser"].cls is Denoiser
+
+
+def test_kinds_holds_exactly_the_four_built_ins_in_order():
+    assert list(checkpoint.KINDS) == list(BUILT_IN_KINDS)
+    want = {"denoiser": (nn_module.Denoiser, nn_module.network_entries, nn_module.network_from_entries),
+            "classifier": (nn_module.Classifier, nn_module.network_entries, nn_module.network_from_entries),
+            "clip": (Clip, clip_module.clip_entries, clip_module.clip_from_entries),
+            "autoencoder": (Autoencoder, latent_module.autoencoder_entries, latent_module.autoencoder_from_entries)}
+    for name, kind in checkpoint.KINDS.items():
+        assert isinstance(kind, checkpoint.Kind) and tuple(kind) == want[name], (name, kind)
+
+
+CLIP_CONFIG = {"dim": 2, "vocab": ["red", "blue bar", "thin"], "embed": 3, "hidden": 8, "depth": 2, "text_hidden": 5,
+               "text_depth": 1, "t_embed": 4, "arch": "mlp", "dtype": "float64"}
+
+
+@pytest.mark.parametrize("name, make, meta, arrays", [
+    ("denoiser", lambda: small_model("denoiser"), lambda m: {"config": m.config.to_dict()},
+     lambda m: {"schedule_betas": m.sched.betas}),
+    ("classifier", lambda: small_model("classifier"), lambda m: {"config": m.config.to_dict()},
+     lambda m: {"schedule_betas": m.sched.betas}),
+    ("clip", lambda: small_clip(True), lambda m: {"config": CLIP_CONFIG, "noise_aware": True},
+     lambda m: {"schedule_betas": m.sched.betas}),
+    ("clip", lambda: small_clip(False), lambda m: {"config": CLIP_CONFIG, "noise_aware": False}, lambda m: {}),
+    ("autoencoder", small_autoencoder, lambda m: {"config": m.config.to_dict()},
+     lambda m: {"scale": np.array(m.scale)}),
+], ids=["denoiser", "classifier", "clip-noise-aware", "clip-clean", "autoencoder"])
+def test_each_built_in_kinds_entries_are_the_documented_ones(name, make, meta, arrays):
+    """to_entries gives the kind's meta fields ("config" among them) and its arrays other than the
+    parameters and the history (module docstring: 'schedule_betas' float64 (T + 1,), 'scale' 0-d
+    float64); from_entries reads them back, popping its arrays, with the config's parameter shapes."""
+    model = make()
+    model.history = np.ones(3)  # checkpoint itself stores the history: not among the kind's entries
+    kind = checkpoint.KINDS[name]
+    got_meta, got_arrays = kind.to_entries(model)
+    assert got_meta == meta(model), (got_meta, meta(model))
+    want_arrays = arrays(model)
+    assert set(got_arrays) == set(want_arrays), sorted(got_arrays)
+    for key, value in want_arrays.items():
+        got = np.asarray(got_arrays[key])
+        assert got.dtype == np.float64 and got.shape == value.shape and np.array_equal(got, value), (key, got, value)
+    left = dict(got_arrays)
+    config, extra, shapes = kind.from_entries(json.loads(json.dumps({"kind": name, **got_meta})), left)
+    assert left == {} and config == model.config, (left, config)
+    assert shapes == {key: np.shape(value) for key, value in model.params.items()}, shapes
+    if name == "autoencoder":
+        assert extra == model.scale
+    else:
+        assert (extra is None) == (model.sched is None)
+        assert extra is None or np.array_equal(extra.betas, model.sched.betas)

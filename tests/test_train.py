@@ -10,6 +10,7 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 from autograd.test_util import check_grads
+from autograd.tracer import getval
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import log_softmax
@@ -23,7 +24,9 @@ from refdiff.process import q_sample
 from refdiff.schedule import Schedule
 from refdiff.train import (Progress, classifier_loss, denoising_loss, fit, train_classifier,
                            train_denoiser)
+from refdiff.train import adam_update, clip_by_global_norm, ema_decay, lr_at
 from strategies import EPS32, assert_bounded, log_uniform, seeds
+from strategies import EPS64
 
 GM = toy_data.mixture("three_gaussians")
 SCHED = Schedule.linear(1000)
@@ -370,3 +373,202 @@ def test_training_rejects_bad_arguments(train, kwargs, name):
 def test_p_uncond_outside_unit_interval_raises(p_uncond):
     with pytest.raises(ValueError, match=r"\bp_uncond\b"):
         train_denoiser(X0[:8], Y[:8], SCHED, rng(0), p_uncond=p_uncond, **TINY_RUN)
+
+
+# ---- the pieces of (L7): lr_at, clip_by_global_norm, adam_update, ema_decay ---------------------
+
+STEP_COUNTS = st.one_of(st.integers(1, 200), st.integers(1, 10**9))
+
+
+@given(STEP_COUNTS, st.data(), log_uniform(1e-300, 1e300))
+def test_lr_at_is_warmup_times_half_cosine(steps, data, lr):
+    k = data.draw(st.one_of(st.integers(1, steps), st.sampled_from([1, steps, max(1, steps // 50)])))
+    warmup = max(1, steps // 50)                                # 2% of the run, at least one step
+    ramp = k / warmup if k < warmup else 1.0
+    decay = 0.1 + 0.9 * (1 + math.cos(math.pi * k / steps)) / 2  # 1 at k = 0 down to 0.1 at k = steps
+    want, got = lr * ramp * decay, lr_at(k, steps, lr)
+    # decay >= 0.1 is a few operations on numbers <= 1 (a couple of ulps of 1 each, cos to one ulp),
+    # so it is accurate to 4 eps / 0.1 relative on either side; the two products add 2 ulps.
+    assert_bounded(got, want, 48 * EPS64 * want, f"lr_at({k}, {steps}, {lr})")
+    assert got <= lr * (1 + 2 * EPS64), (got, lr)
+
+
+@given(STEP_COUNTS, log_uniform(1e-300, 1e300))
+def test_lr_at_ends_at_a_tenth_and_is_about_lr_just_after_warmup(steps, lr):
+    # cos(pi) = -1 exactly, and 0.55 - 0.45 = 0.1 + 3e-17: a tenth to a few ulps
+    assert_bounded(lr_at(steps, steps, lr), lr / 10, 4 * EPS64 * lr / 10, f"last rate of {steps} steps")
+    warmup = max(1, steps // 50)
+    if steps >= 50:  # k = warmup <= steps / 50: the cosine factor is >= 0.55 + 0.45 cos(pi / 50) > 0.999
+        assert 0.999 * lr <= lr_at(warmup, steps, lr) <= lr, (lr_at(warmup, steps, lr), lr)
+        if warmup > 1:  # linear warm-up: lr_k / k is the same over the warm-up, up to the cosine (> 0.999)
+            first, peak = lr_at(1, steps, lr), lr_at(warmup, steps, lr)
+            assert abs(first * warmup / peak - 1) < 1e-3, (first, peak, warmup)
+
+
+@st.composite
+def gradient_dicts(draw, max_leaves=4):
+    """1-4 leaves of shapes up to (2, 3), each float64 (magnitudes 10^-100..10^100) or float32
+    (10^-30..10^30), random signs and some exact zeros; all squares stay finite in float64."""
+    rng = np.random.default_rng(draw(seeds))
+    grads = {}
+    for i in range(draw(st.integers(1, max_leaves))):
+        dtype = draw(st.sampled_from([np.float64, np.float32]))
+        top = 100 if dtype == np.float64 else 30
+        lo = draw(st.integers(-top, top))
+        hi = draw(st.integers(lo, top))
+        shape = draw(st.sampled_from([(), (1,), (3,), (2, 3)]))
+        value = rng.choice([-1.0, 1.0], shape) * 10.0 ** rng.uniform(lo, hi, shape)
+        value = np.where(rng.random(shape) < 0.2, 0.0, value)
+        grads[f"leaf{i}"] = np.asarray(value).astype(dtype)
+    return grads
+
+
+@given(gradient_dicts(), log_uniform(1e-6, 1e6), st.sampled_from([0, 1, 2]))
+def test_clip_by_global_norm_leaves_small_gradients_and_scales_large_ones_to_norm_clip(grads, ratio, exact):
+    squares = [float(x) ** 2 for g in grads.values() for x in np.ravel(g).astype(np.float64)]
+    norm = math.sqrt(math.fsum(squares))                             # exact sum, one rounding
+    clip = max(norm * ratio, 1e-300) if exact == 0 else (norm if exact == 1 else 2 * (norm + 1e-12))
+    got = clip_by_global_norm(grads, clip)
+    assert list(got) == list(grads)
+    for name, g in grads.items():  # a clipped float32 leaf comes back float64: the scale is a numpy float64 (NEP 50)
+        assert got[name].shape == g.shape and got[name].dtype in (g.dtype, np.float64), (name, got[name], g)
+    scale = min(1.0, clip / (norm + 1e-12))                          # + 1e-12: the documented guard for g = 0
+    if clip >= 2 * (norm + 1e-12):                                  # well below the norm: unchanged, bit for bit
+        for name, g in grads.items():
+            assert got[name].tobytes() == g.tobytes(), (name, got[name], g)
+    n = len(squares)
+    for name, g in grads.items():
+        # The library sums n squares in float64 (n ulps), takes a root and a quotient (2 ulps); the
+        # product is rounded to the leaf's dtype, or to its smallest subnormal when it underflows.
+        want = g.astype(np.float64) * scale
+        tol = (n + 4) * EPS64 + (EPS32 if g.dtype == np.float32 else 0.0)
+        tiny = np.finfo(g.dtype).smallest_subnormal
+        assert_bounded(got[name], want, tol * np.abs(want) + tiny, f"clipped {name}, norm {norm}, clip {clip}")
+    if scale < 1 and all(g.dtype == np.float64 for g in grads.values()):
+        after = math.sqrt(math.fsum(float(x) ** 2 for g in got.values() for x in np.ravel(g)))
+        want_norm = clip * norm / (norm + 1e-12)                   # = clip up to the guard
+        assert_bounded(after, want_norm, 2 * (n + 4) * EPS64 * want_norm, "global norm after clipping")
+
+
+def test_clip_by_global_norm_of_a_huge_gradient_has_norm_clip():
+    # entries beyond ~1e154 overflow the sum of squares; the norm is then taken of g / max|g|
+    with np.errstate(all="ignore"):
+        got = clip_by_global_norm({"a": np.array([3e160, 4e160])}, 1.0)
+    assert_bounded(got["a"], [0.6, 0.8], 4 * EPS64, "clipped huge gradient")
+
+
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+
+def adam_reference(param, g, m, v, k, rate):
+    """Kingma & Ba (2015), Algorithm 1, in float64. 1 - b1 and 1 - b2 are written as 0.1 and 0.001,
+    the doubles nearest the paper's values (in floating point 1 - 0.999 is 0.0010000000000000009,
+    9e-13 off)."""
+    param, g, m, v = (np.asarray(a, np.float64) for a in (param, g, m, v))
+    m = ADAM_B1 * m + 0.1 * g                          # biased first moment
+    v = ADAM_B2 * v + 0.001 * g ** 2                   # biased second moment
+    m_hat = m / (1 - ADAM_B1 ** k)                     # bias corrections
+    v_hat = v / (1 - ADAM_B2 ** k)
+    return param - rate * m_hat / (np.sqrt(v_hat) + ADAM_EPS), m, v
+
+
+@st.composite
+def adam_cases(draw, n=5):
+    """param, g, m, v (v >= 0) over wide magnitudes: float64 10^-60..10^60 (v the squares'
+    range), float32 10^-15..10^15 (so g^2 and v stay normal in float32); g float64 or param's
+    dtype; a step k up to 10^6 and a rate 10^-8..10."""
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    g_dtype = draw(st.sampled_from([dtype, np.float64]))
+    top = 60 if dtype == np.float64 and g_dtype == np.float64 else 15
+    rng = np.random.default_rng(draw(seeds))
+
+    def wide(size, signed=True, power=1):
+        lo = draw(st.integers(-top, top))
+        hi = draw(st.integers(lo, top))
+        value = 10.0 ** (power * rng.uniform(lo, hi, size))
+        value = np.where(rng.random(size) < 0.2, 0.0, value)
+        return value * rng.choice([-1.0, 1.0], size) if signed else value
+    param, g, m, v = wide(n).astype(dtype), wide(n).astype(g_dtype), wide(n).astype(dtype), \
+        wide(n, signed=False, power=2).astype(dtype)
+    k = draw(st.one_of(st.integers(1, 30), st.integers(1, 10**6)))
+    return param, g, m, v, k, draw(log_uniform(1e-8, 10.0))
+
+
+@given(adam_cases())
+def test_adam_update_is_kingma_and_ba_algorithm_1(case):
+    param, g, m, v, k, rate = case
+    got_p, got_m, got_v = adam_update(param, g, m, v, k, rate)
+    want_p, want_m, want_v = adam_reference(param, g, m, v, k, rate)
+    assert got_p.dtype == param.dtype and got_p.shape == param.shape, (got_p.dtype, param.dtype)
+    u = EPS32 if np.float32 in (param.dtype, g.dtype) else EPS64  # the working precision
+    # m' sums two products of size M = |0.9 m| + |0.1 g| (3 roundings of M); v' has no cancellation
+    # (4 roundings relative); the step rate m_hat / (sqrt(v_hat) + 1e-8) inherits m's error over
+    # c1 D and a few relative roundings, and param - step one rounding of |param| + |step|.
+    size_m = np.abs(ADAM_B1 * m.astype(np.float64)) + np.abs(0.1 * g.astype(np.float64))
+    assert_bounded(got_m, want_m, 4 * u * size_m, "m'")
+    assert_bounded(got_v, want_v, 4 * u * want_v, "v'")
+    c1, denom = 1 - ADAM_B1 ** k, np.sqrt(want_v / (1 - ADAM_B2 ** k)) + ADAM_EPS
+    step = rate * (want_m / c1) / denom
+    bound = 16 * u * (np.abs(param.astype(np.float64)) + np.abs(step) + rate * size_m / (c1 * denom))
+    assert_bounded(got_p, want_p, bound, f"param' at step {k}, rate {rate}")
+
+
+@given(st.integers(1, 10**12), st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.sampled_from([0.0, 0.9, 0.999])))
+def test_ema_decay_is_the_warm_up_capped_at_ema(k, ema):
+    warm = (k + 1) / (k + 10)        # integers are exact up to 2^53; one correctly rounded division
+    want = ema if ema < warm else warm
+    got = ema_decay(k, ema)
+    assert got == want, (k, ema, got, want)  # a min of two exact operands: bit for bit
+    assert ema_decay(k + 1, ema) >= got and got <= ema, (k, ema)
+
+
+QUAD_A = {"a": np.array([0.7, -0.3, 0.1]), "b": np.array([[-0.9, 0.5], [0.25, -0.6]])}
+QUAD_C = {"a": np.array([0.5, 2.0, 8.0]), "b": np.array([[1.0, 3.0], [0.25, 4.0]])}
+
+
+def quad_reference(p0, steps, lr, ema, clip):
+    """fit on loss(p) = sum c (p - a)^2, computed here with the four lines of (L7) written out and
+    the gradient 2 c (p - a) by hand. Returns (params before each step, losses, EMA, clipped steps)."""
+    p, avg = dict(p0), dict(p0)
+    m, v = ({n: np.zeros_like(x) for n, x in p0.items()} for _ in range(2))
+    warmup, seen, losses, clipped = max(1, steps // 50), [], [], 0
+    for k in range(1, steps + 1):
+        seen.append(dict(p))
+        losses.append(sum(np.sum(QUAD_C[n] * (p[n] - QUAD_A[n]) ** 2) for n in p))
+        g = {n: 2 * QUAD_C[n] * (p[n] - QUAD_A[n]) for n in p}
+        norm = math.sqrt(sum(np.sum(x ** 2) for x in g.values()))
+        clipped += norm > clip
+        g = {n: x * min(1.0, clip / (norm + 1e-12)) for n, x in g.items()}   # clipping
+        rate = lr * min(1, k / warmup) * (0.55 + 0.45 * np.cos(np.pi * k / steps))  # warm-up, half cosine
+        decay = min(ema, (1 + k) / (10 + k))                                  # EMA decay
+        for n in p:                                                           # Adam
+            m[n] = 0.9 * m[n] + 0.1 * g[n]
+            v[n] = 0.999 * v[n] + 0.001 * g[n] * g[n]
+            p[n] = p[n] - rate * (m[n] / (1 - 0.9 ** k)) / (np.sqrt(v[n] / (1 - 0.999 ** k)) + 1e-8)
+            avg[n] = decay * avg[n] + (1 - decay) * p[n]
+    return seen, np.array(losses), avg, clipped
+
+
+def test_fit_is_the_four_pieces_composed_bit_for_bit():
+    """fit reproduces the trajectory of the four formulas written out, bit for bit: both sides do the
+    same IEEE operations (autograd's gradient of c (p - a)^2 is (c 2)(p - a), a doubling, exact), so
+    any change to a formula, its order of steps, or which gradient is clipped shows in the last bit.
+    The first steps are clipped (norm up to ~14 > clip 2) and the later ones not."""
+    steps, lr, ema, clip = 150, 0.05, 0.9, 2.0
+    p0 = {n: np.zeros_like(a) for n, a in QUAD_A.items()}
+    seen = []
+
+    def loss(p):
+        seen.append({n: getval(p[n]).copy() for n in p})
+        return sum(anp.sum(QUAD_C[n] * (p[n] - QUAD_A[n]) ** 2) for n in p)
+
+    avg, history = fit(loss, {n: x.copy() for n, x in p0.items()}, lambda: (), steps, lr, ema, clip)
+    want_seen, want_losses, want_avg, clipped = quad_reference(p0, steps, lr, ema, clip)
+    assert 0 < clipped < steps, clipped
+    assert np.array_equal(history, want_losses), (history, want_losses)
+    for k, (got_p, want_p) in enumerate(zip(seen, want_seen)):
+        for n in p0:
+            assert np.array_equal(got_p[n], want_p[n]), (k, n, got_p[n], want_p[n])
+    for n in p0:
+        assert np.array_equal(avg[n], want_avg[n]), (n, avg[n], want_avg[n])
+    assert want_losses[-1] < 1e-6 * want_losses[0], want_losses[[0, -1]]  # a trajectory that goes somewhere
