@@ -23,7 +23,7 @@ trajectory can be replayed anywhere from the same draws (docs/samplers.md, "Nois
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from .arrays import as_count, as_points, as_real, check_rng
+from .arrays import as_count, as_points, as_real, check_rng, is_real
 from .process import column, eps_to_x0, p_mean
 from .schedule import SPACINGS
 
@@ -80,8 +80,7 @@ def _explicit_grid(sched, steps):
         grid = np.asarray(steps)
     except (TypeError, ValueError):
         raise ValueError(f"steps must be {expected}, got {steps!r}") from None
-    numeric = grid.dtype != bool and (np.issubdtype(grid.dtype, np.integer) or np.issubdtype(grid.dtype, np.floating))
-    if not numeric or grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
+    if not is_real(grid) or grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid)):
         raise ValueError(f"steps must be {expected}, got {steps!r}")
     if not (np.all(np.diff(grid) < 0) and grid[-1] > 0 and grid[0] <= sched.T):
         raise ValueError(f"steps must be {expected}, got {grid}")
