@@ -46,8 +46,8 @@ class Method:
 
     def value_at(self, w):
         """The method's own strength at the common strength w: w, or s = 1 + w (eq. (G5))."""
-        as_real(w, "w")
-        return float(w) if self.parameter == "w" else 1.0 + float(w)
+        w = as_real(w, "w")
+        return w if self.parameter == "w" else 1.0 + w
 
     def title(self, sep=" "):
         """The display name in a sweep over w: "CFG" (its strength is w itself), or with the
