@@ -6,7 +6,7 @@ equation to its function):
 core            arrays (input checks, dtypes), labels (labels, the null label, captions),
                 schedule (noise schedules, timestep spacing, continuous time), process (forward
                 process, posterior, eps/x0/score/v conversions), npz (.npz files and checkpoint
-                entries)
+                entries), runtime (BLAS threads, malloc settings)
 exact models    oracle (the Gaussian-mixture oracle); the toy_data package (2D sets, tiny
                 images, their captions)
 learned models  nn (MLP denoisers and classifiers), train (losses, Adam), clip (a toy CLIP),

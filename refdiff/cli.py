@@ -4,7 +4,6 @@ Every subcommand has ``--help``. A user's mistake (a bad argument, a bad value) 
 ``refdiff: error: ...``, to stderr and exits with status 2, never a traceback.
 """
 import argparse
-import ctypes
 import inspect
 import json
 import os
@@ -14,7 +13,7 @@ import numpy as np
 
 import toy_data
 
-from . import __version__, bench, checkpoint, datasets, methods
+from . import __version__, bench, checkpoint, datasets, methods, runtime
 from .labels import NULL_LABEL
 from .metrics import class_spread, fidelity
 from .npz import save_npz_atomic
@@ -53,6 +52,9 @@ def build_parser():
         command = sub.add_parser(run.__name__[len("run_"):], help=summary[0].lower() + summary[1:].rstrip("."),
                                  description=description)
         options(command)
+        command.add_argument("--threads", type=count,
+                             help=f"BLAS threads (default ${runtime.THREADS_VARIABLE}, else {runtime.DEFAULT_THREADS}: "
+                                  "faster on these small matrices, and robust when another process holds a core)")
         command.set_defaults(run=run)
     return parser
 
@@ -362,35 +364,24 @@ COMMANDS = ((data_options, run_data), (bench_options, run_bench), (demo_options,
             (verify_options, run_verify))
 
 
-def tune_malloc():
-    """Keep freed large arrays in glibc's heap instead of returning them to the OS after every step.
-
-    Training allocates and frees the same large temporaries every step; by default glibc unmaps
-    them each time and the next step page-faults them back in. Raising the mmap and trim
-    thresholds (mallopt M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1) removes those faults
-    (docs/learned.md gives the measured effect). Only this process, and only on glibc.
-    Returns True when applied.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 1 << 30))
-    except (OSError, AttributeError):
-        return False
-
-
 MALLOC_TUNED = False
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status (0 ok, 2 a user's mistake)."""
+    """Run the command line; returns the exit status (0 ok, 2 a user's mistake).
+
+    Before the subcommand runs, BLAS uses ``--threads`` threads (default $REFDIFF_THREADS, else
+    runtime.DEFAULT_THREADS) and glibc keeps freed arrays (``runtime.tune_malloc``).
+    """
     global MALLOC_TUNED
-    MALLOC_TUNED = MALLOC_TUNED or tune_malloc()
+    MALLOC_TUNED = MALLOC_TUNED or runtime.tune_malloc()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 0
+        runtime.set_threads(runtime.threads_from(args.threads))
         return args.run(args)
     except (UsageError, ValueError, OSError) as err:
         print(f"refdiff: error: {err}", file=sys.stderr)

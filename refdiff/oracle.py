@@ -4,8 +4,11 @@
 If x_0 ~ sum_k pi_k N(mu_k, Sigma_k), then x_t = sqrt(a) x_0 + sqrt(1 - a) eps (a = alpha_bar_t)
 is again a mixture, sum_k pi_k N(sqrt(a) mu_k, a Sigma_k + (1 - a) I) (eq. (O1)). Everything here
 follows from that in closed form. Each Sigma_k = U_k diag(lambda_k) U_k^T is diagonalised once, so
-the noised covariance is U_k diag(a lambda_k + 1 - a) U_k^T at every a, and a per-row a costs no
-more than a shared one. The log-density path uses autograd.numpy, so autograd can differentiate
+the noised covariance is U_k diag(a lambda_k + 1 - a) U_k^T at every a: the coordinates
+z_k = U_k^T (x - sqrt(a) mu_k) of every component come from one matrix product of x with the
+eigenvectors side by side, [U_1 ... U_K] (D, K D), and the score from one product back. A batch
+that shares one a (a sampler's step) keeps the variances per component, (K, D); a per-row a
+(real times, training draws) makes them (N, K, D), with the same formulas. The log-density path uses autograd.numpy, so autograd can differentiate
 it in x (the tests check the analytic score against that gradient).
 """
 import autograd.numpy as anp
@@ -56,8 +59,10 @@ class GaussianMixture:
         self.weights = weights / weights.sum()
         self.means, self.covs, self.labels = means, covs, labels
         self._lam, self._U = lam, U
+        self._U_all = np.concatenate(list(U), axis=1)  # (D, K D): column k D + e is U_k's column e
+        self._mean_proj = np.einsum("kd,kde->ke", means, U)  # (K, D): U_k^T mu_k
         self.num_components, self.dim, self.num_labels = K, D, L
-        for arr in (self.weights, self.means, self.covs, self.labels, lam, U):
+        for arr in (self.weights, self.means, self.covs, self.labels, lam, U, self._U_all, self._mean_proj):
             arr.flags.writeable = False
 
     def __repr__(self):
@@ -66,7 +71,8 @@ class GaussianMixture:
 
     # ---- checks -----------------------------------------------------------------------------
     def _inputs(self, x, alpha_bar, y=None):
-        """Validate x (N, D), alpha_bar (scalar or (N,)) in [0, 1] and labels; shape a as (N, 1, 1)."""
+        """Validate x (N, D), alpha_bar (scalar or (N,)) in [0, 1] and labels; a is returned as one
+        float64 when every row shares it, else as a column (N, 1, 1)."""
         x = as_points(x, "x", dim=self.dim)
         n = x.shape[0]
         if not is_real(alpha_bar):
@@ -76,7 +82,8 @@ class GaussianMixture:
             a = np.full(n, float(a))
         if a.shape != (n,) or not np.all(np.isfinite(a)) or not np.all((a >= 0) & (a <= 1)):
             raise ValueError(f"alpha_bar must be a number or an array of shape ({n},) in [0, 1], got {alpha_bar}")
-        return x, a[:, None, None], as_labels(y, n, self.num_labels)
+        shared = n > 0 and bool(np.all(a == a[0]))
+        return x, a[0] if shared else a[:, None, None], as_labels(y, n, self.num_labels)
 
     def _mask(self, y, n):
         """Log-prior of each component given each row's label, shape (N, K): log pi_k or -inf."""
@@ -88,16 +95,21 @@ class GaussianMixture:
 
     # ---- the noised components (eq. (O1)) ---------------------------------------------------
     def _components(self, x, a):
-        """Per-component log density, projections and variances at alpha_bar a.
+        """Per-component log density, projections and variances at alpha_bar a (one float or (N, 1, 1)).
 
         Returns log N(x; sqrt(a) mu_k, C_k) of shape (N, K), the coordinates z = U_k^T (x - sqrt(a)
-        mu_k) of shape (N, K, D) and the eigenvalues var = a lambda_k + 1 - a of C_k, (N, K, D).
+        mu_k) of shape (N, K, D) and the eigenvalues var = a lambda_k + 1 - a of C_k, (K, D) for a
+        shared a and (N, K, D) for a per-row one.
         """
-        var = a * self._lam[None] + (1 - a)
-        diff = x[:, None, :] - anp.sqrt(a) * self.means[None]
-        z = anp.einsum("nkd,kde->nke", diff, self._U)
-        log_n = -0.5 * anp.sum(z ** 2 / var + anp.log(var) + LOG_2PI, axis=2)
+        n, K, D = x.shape[0], self.num_components, self.dim
+        var = a * self._lam + (1 - a)
+        z = anp.reshape(x @ self._U_all, (n, K, D)) - np.sqrt(a) * self._mean_proj
+        log_n = -0.5 * (anp.sum(z ** 2 / var, axis=2) + np.sum(np.log(var), axis=-1) + D * LOG_2PI)
         return log_n, z, var
+
+    def _back(self, weights):
+        """sum_k U_k w_k for per-component coordinates w (N, K, D): one product with [U_1 ... U_K]^T, (N, D)."""
+        return np.reshape(weights, (weights.shape[0], -1)) @ self._U_all.T
 
     def _responsibilities(self, x, a, y):
         """p(component k | x_t, y), shape (N, K), with the components' (z, var) for reuse."""
@@ -124,8 +136,7 @@ class GaussianMixture:
         """grad_x log q_t(x_t [| y]) = -sum_k r_k C_k^{-1} (x - sqrt(a) mu_k) (eq. (O2)); shape (N, D)."""
         x, a, y = self._inputs(x, alpha_bar, y)
         r, z, var = self._responsibilities(x, a, y)
-        per_component = -np.einsum("kde,nke->nkd", self._U, z / var)
-        return np.einsum("nk,nkd->nd", r, per_component)
+        return -self._back(r[:, :, None] * z / var)
 
     def eps(self, x, alpha_bar, y=None):
         """The optimal noise prediction eps*(x_t) = -sqrt(1 - a) * score (eq. (O3)); shape (N, D)."""
@@ -141,8 +152,7 @@ class GaussianMixture:
         """
         x, a, y = self._inputs(x, alpha_bar, y)
         r, z, var = self._responsibilities(x, a, y)
-        shift = np.einsum("kde,nke->nkd", self._U, np.sqrt(a) * self._lam[None] * z / var)
-        return np.einsum("nk,nkd->nd", r, self.means[None] + shift)
+        return r @ self.means + self._back(r[:, :, None] * np.sqrt(a) * self._lam * z / var)
 
     def log_classifier(self, x, alpha_bar):
         """The exact noisy classifier log p(y | x_t) for every label, shape (N, L) (eq. (O5)).

@@ -1,7 +1,17 @@
-"""Hypothesis profiles: ``ci`` is derandomized (a fixed seed) so a CI run is reproducible; ``dev``
-draws fresh examples each run. ``.ci/run`` and the README select ``ci`` with
-``--hypothesis-profile=ci``."""
+"""The suite's process settings and hypothesis profiles.
+
+The suite runs with the ``refdiff`` command's settings (refdiff/runtime.py): one BLAS thread
+(or $REFDIFF_THREADS), set here before any test module imports numpy, and glibc keeping freed
+arrays. Hypothesis profiles: ``ci`` is derandomized (a fixed seed) so a CI run is reproducible;
+``dev`` draws fresh examples each run. ``.ci/run`` and the README select ``ci`` with
+``--hypothesis-profile=ci``.
+"""
 from hypothesis import HealthCheck, settings
+
+from refdiff import runtime
+
+runtime.set_threads(runtime.threads_from())
+runtime.tune_malloc()
 
 settings.register_profile("ci", derandomize=True, max_examples=100, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow], print_blob=True)

@@ -639,3 +639,31 @@ X = np.zeros((3, 2))
 def test_methods_reject_bad_input_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=f"^{match} must"):
         call(GaussianMixture(**GOOD))
+
+
+# ---- the shared-alpha_bar path against the per-row path --------------------------------------------
+@given(q=queries(), data=st.data(), dtype=st.sampled_from([np.float64, np.float32]))
+def test_a_shared_alpha_bar_and_a_per_row_one_agree_row_by_row(q, data, dtype):
+    # A batch that shares one alpha_bar keeps the noised variances per component, (K, D); rows with
+    # different alpha_bar make them (N, K, D) (refdiff/oracle.py). An extra row at another alpha_bar
+    # forces the per-row path; each row alone takes the shared one. Same formulas, so the two
+    # differ only by the matrix products' summation order: the round-off bounds above.
+    p, x, y = q
+    gm, x = p.gm, x.astype(dtype)
+    a = data.draw(hnp.arrays(np.float64, len(x), elements=st.sampled_from(ALPHAS)))
+    other = ALPHAS[0] if a[0] != ALPHAS[0] else ALPHAS[1]
+    rows, alphas = np.concatenate([x, x[:1]]), np.concatenate([a, [other]])
+    labels = None if y is None else np.append(row_labels(y, len(x)), row_labels(y, len(x))[:1])
+    per_row = {"score": gm.score(rows, alphas, labels), "x0_mean": gm.x0_mean(rows, alphas, labels),
+               "log_prob": gm.log_prob_noised(rows, alphas, labels), "log_classifier": gm.log_classifier(rows, alphas)}
+    for i, label in enumerate(row_labels(y, len(x))):
+        xi, ai, yi = x[i:i + 1], a[i], None if label == NULL_LABEL else int(label)
+        score_tol, log_tol = score_tolerance(p, xi, ai), log_density_tolerance(p, xi, ai)
+        posterior = 1 + np.max(np.linalg.norm(p.means, axis=1) + distance_bound(p, xi, ai) / np.sqrt(ai), axis=1)
+        what = f"row {i} at a={ai}, y={label}, {np.dtype(dtype).name}"
+        assert_rows_close(per_row["score"][i:i + 1], gm.score(xi, ai, yi), score_tol, f"score, {what}")
+        assert_rows_close(per_row["x0_mean"][i:i + 1], gm.x0_mean(xi, ai, yi), ROUNDOFF * EPS * posterior,
+                          f"x0_mean, {what}")
+        assert_rows_close(per_row["log_prob"][i:i + 1], gm.log_prob_noised(xi, ai, yi), log_tol, f"log q_t, {what}")
+        assert_rows_close(np.exp(per_row["log_classifier"][i:i + 1]), np.exp(gm.log_classifier(xi, ai)),
+                          classifier_tolerance(p, xi, ai), f"p(y | x_t), {what}")
