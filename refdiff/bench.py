@@ -5,16 +5,22 @@ prediction at N = 10,000. Quality: a denoiser and a noisy classifier trained wit
 budget (train.DENOISER_2D, train.CLASSIFIER_2D) on a Gaussian-mixture preset, measured against
 the oracle: excess loss over the Bayes floor (M5), cross-entropy over the exact classifier's (M6),
 and unguided DDPM samples judged by the two-sample test (M3) beside the oracle sampler's.
+Also: the BLAS thread setting and what one process spinning on a core (a "busy" machine) does
+to a training step at 1 and 2 threads, and the oracle's eps against a direct closed form written
+here (one Cholesky factor per component and matrix products).
 Benchmarks, not tests: machines are shared and noisy, so compare ratios taken in one run.
 """
+import subprocess
+import sys
 import time
 
 import numpy as np
+from scipy.special import logsumexp
 
 import toy_data
 from toy_data import images
 
-from . import methods
+from . import methods, runtime
 from .arrays import as_count
 from .metrics import classifier_excess, denoiser_excess, two_sample_test
 from .samplers import ddim, ddpm
@@ -66,10 +72,64 @@ def run(data="ring8", seed=0, denoiser_steps=None, classifier_steps=None, n_eval
         for name, train, opts in (("denoiser", train_denoiser, den_opts), ("classifier", train_classifier, clf_opts)):
             times = step_times(train, x0, y, sched, rng, **{**opts, "steps": 21, "dtype": dtype})
             out[f"train_step_ms_{name}_{dtype}"] = 1e3 * float(np.median(times))
+    out.update(_threads(x0, y, sched, rng, den_opts))
     den, clf = _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, "")
     out.update(_quality(mix, sched, den, clf, rng, n_eval, n_samples, den_opts["p_uncond"]))
     out.update(_sampling_speed(den, clf, sched, mix.num_labels, rng))
+    out.update(_oracle_speed(mix, sched, rng))
     return out
+
+
+def _threads(x0, y, sched, rng, den_opts, steps=31):
+    """Median denoiser train-step times at 1 and 2 BLAS threads, idle and with one other process
+    spinning on a core, and the busy / idle ratio at the thread setting in use (restored after)."""
+    setting = sorted(set(runtime.blas_threads().values())) or [None]
+    out = {"threads": setting[0] if len(setting) == 1 else setting}
+    for load in ("idle", "busy"):
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
+        try:
+            for n in (1, 2):
+                runtime.set_threads(n)
+                times = step_times(train_denoiser, x0, y, sched, rng, **{**den_opts, "steps": steps})
+                out[f"train_step_ms_threads{n}_{load}"] = 1e3 * float(np.median(times))
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+    if isinstance(out["threads"], int):
+        runtime.set_threads(out["threads"])
+        n = min(out["threads"], 2)
+        out["busy_over_idle_train_step"] = out[f"train_step_ms_threads{n}_busy"] / out[f"train_step_ms_threads{n}_idle"]
+    return out
+
+
+def closed_form_eps(mix, x, a):
+    """The exact eps of a Gaussian mixture at one alpha_bar a, written directly (the yardstick of
+    ``_oracle_speed``): per component the Cholesky factor L_k of C_k = a Sigma_k + (1 - a) I,
+    u = L_k^-1 (x - sqrt(a) mu_k), log N_k = -|u|^2 / 2 - log det L_k - D log(2 pi) / 2, and
+    C_k^-1 (x - sqrt(a) mu_k) = L_k^-T u; the score is minus their responsibility-weighted sum (O2)."""
+    terms, logs = [], []
+    for k in range(mix.num_components):
+        L = np.linalg.cholesky(a * mix.covs[k] + (1 - a) * np.eye(mix.dim))
+        L_inv = np.linalg.inv(L)
+        u = (x - np.sqrt(a) * mix.means[k]) @ L_inv.T
+        logs.append(np.log(mix.weights[k]) - 0.5 * np.sum(u * u, axis=1) - np.sum(np.log(np.diag(L)))
+                    - 0.5 * mix.dim * np.log(2 * np.pi))
+        terms.append(u @ L_inv)
+    r = np.exp(np.stack(logs, axis=1) - logsumexp(np.stack(logs, axis=1), axis=1, keepdims=True))
+    return np.sqrt(1 - a) * sum(r[:, k:k + 1] * terms[k] for k in range(mix.num_components))
+
+
+def _oracle_speed(mix, sched, rng, n=100_000, t=500):
+    """Median time of the oracle's eps at n points sharing one t, against ``closed_form_eps``, and
+    their largest difference."""
+    x, a = 2 * rng.standard_normal((n, mix.dim)), float(sched.alpha_bar[t])
+    model = mix.eps_model(sched)
+    ms = {"oracle": 1e3 * median_time(lambda: model(x, t), 5),
+          "closed_form": 1e3 * median_time(lambda: closed_form_eps(mix, x, a), 5)}
+    return {"oracle_eps_ms": ms["oracle"], "closed_form_eps_ms": ms["closed_form"],
+            "oracle_over_closed_form": ms["oracle"] / ms["closed_form"],
+            "oracle_closed_form_max_diff": float(np.max(np.abs(model(x, t) - closed_form_eps(mix, x, a))))}
 
 
 def _quality(mix, sched, den, clf, rng, n_eval, n_samples, p_uncond):

@@ -1,0 +1,43 @@
+"""refdiff bench's yardsticks (refdiff/bench.py): the direct closed form the oracle is timed against,
+and the thread figures, which must leave the process's thread setting as it found it."""
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refdiff import bench, runtime
+from refdiff.schedule import Schedule
+
+from strategies import EPS64, assert_bounded, mixtures, seeds
+
+SCHED = Schedule.linear(1000)
+
+
+@given(mixtures(), st.sampled_from([1, 2, 10, 250, 500, 999, 1000]), seeds)
+def test_closed_form_eps_is_the_oracles_eps(p, t, seed):
+    # Two factorisations of C_k (Cholesky here, the eigenvectors in the oracle) give the terms
+    # C_k^-1 (x - sqrt(a) mu_k), each of size at most S_k = |x - m_k| / lambda_min(C_k), to 64 ulps
+    # times cond(C_k) S_k (tests/test_oracle.py bounds a score so); and the log-densities, of size
+    # at most L = max_k (|x - m_k|^2 / lambda_min + |log det C_k|) + D, to 64 ulps of L, which the
+    # responsibilities carry as a relative error onto the terms. eps is sqrt(1 - a) times the sum.
+    gm, a = p.gm, float(SCHED.alpha_bar[t])
+    x = 6 * np.random.default_rng(seed).standard_normal((7, p.dim))
+    kappa, lam_min = p.conditioning(a)
+    dist = np.linalg.norm(x, axis=1)[:, None] + np.linalg.norm(p.noised(a)[0], axis=1)[None]  # (N, K)
+    size = np.max(kappa * (1 + dist / lam_min), axis=1)
+    logs = np.max(dist ** 2 / lam_min + np.abs(np.linalg.slogdet(p.noised(a)[1])[1]), axis=1) + p.dim
+    tol = (64 * EPS64 * np.sqrt(1 - a) * size * (1 + logs))[:, None]
+    assert_bounded(bench.closed_form_eps(gm, x, a), gm.eps(x, a), tol, f"closed form at t={t}")
+
+
+def test_thread_figures_measure_both_settings_and_restore_the_setting():
+    rng = np.random.default_rng(0)
+    x0, y = rng.standard_normal((200, 2)), rng.integers(0, 3, 200)
+    before = runtime.blas_threads()
+    out = bench._threads(x0, y, SCHED, rng, {"batch": 16, "hidden": 8, "depth": 1, "dtype": "float32"}, steps=4)
+    assert runtime.blas_threads() == before
+    for n in (1, 2):
+        for load in ("idle", "busy"):
+            assert out[f"train_step_ms_threads{n}_{load}"] > 0
+    assert out["threads"] == runtime.threads_from()
+    n = min(out["threads"], 2)
+    assert out["busy_over_idle_train_step"] == out[f"train_step_ms_threads{n}_busy"] / out[f"train_step_ms_threads{n}_idle"]
