@@ -21,7 +21,7 @@ from autograd.scipy.special import logsumexp
 
 from .arrays import DTYPES, as_count, as_points, as_real, as_times, check_rng
 from .labels import tokenize
-from .nn import MLPConfig, classifier_forward, init_from_shapes, mlp, mlp_shapes, param_shapes, subnet
+from .nn import MLPConfig, classifier_forward, init_from_shapes, mean, mlp, mlp_shapes, param_shapes, subnet
 from .npz import all_fields, config_from, fields_of, only_meta_fields, read_schedule
 from .train import Progress, noised_batch, fit
 
@@ -150,8 +150,8 @@ def info_nce(logits):
     cross-entropy of each image against the N captions and of each caption against the N images
     (Radford et al. 2021, Fig. 3).
     """
-    diag = anp.sum(anp.eye(logits.shape[0]) * logits, axis=1)
-    return 0.5 * (anp.mean(logsumexp(logits, axis=1) - diag) + anp.mean(logsumexp(logits, axis=0) - diag))
+    diag = anp.sum(anp.eye(logits.shape[0], dtype=logits.dtype) * logits, axis=1)
+    return 0.5 * (mean(logsumexp(logits, axis=1) - diag) + mean(logsumexp(logits, axis=0) - diag))
 
 
 def clip_loss(params, config, x, t, bag):

@@ -10,11 +10,11 @@ classifier-free guidance's ``w`` is Ho & Salimans' (2022) weight, and diffusers'
 import autograd.numpy as anp
 import numpy as np
 from autograd import grad
-from autograd.scipy.special import logsumexp
 from autograd.tracer import getval
 
 from .arrays import alpha_bar_of, as_points, as_real, as_times
 from .labels import NULL_LABEL, as_labels
+from .nn import log_softmax
 from .process import eps_to_x0
 
 
@@ -249,11 +249,11 @@ def _guidance_inputs(x, t, y, sched):
 
 
 def _sum_log_softmax_at(logits, labels):
-    """sum_n log softmax(logits_n)[labels_n], written with autograd.numpy so it differentiates."""
+    """sum_n log softmax(logits_n)[labels_n] (``nn.log_softmax``), differentiable by autograd."""
     num_labels = logits.shape[1]
     if labels.max() >= num_labels:
         raise ValueError(f"y must be in 0..{num_labels - 1} (the classifier's labels), got {labels.max()}")
-    return anp.sum(logits[np.arange(len(labels)), labels] - logsumexp(logits, axis=1))
+    return anp.sum(log_softmax(logits)[np.arange(len(labels)), labels])
 
 
 def _target_labels(y, n):

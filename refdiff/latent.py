@@ -19,7 +19,7 @@ import autograd.numpy as anp
 import numpy as np
 
 from .arrays import DTYPES, as_count, as_points, as_real, check_rng
-from .nn import init_from_shapes, mlp, mlp_shapes, subnet
+from .nn import init_from_shapes, mean, mlp, mlp_shapes, subnet
 from .npz import all_fields, config_from, fields_of, only_meta_fields, read_scale
 from .train import Progress, fit, train_denoiser
 
@@ -102,7 +102,7 @@ def kl_to_standard_normal(mu, logvar):
     sigma^2 - 1 is computed as expm1(log sigma^2): near sigma = 1 the difference exp(.) - 1 would
     cancel to round-off and could make the sum slightly negative.
     """
-    return 0.5 * anp.sum(mu ** 2 + (anp.expm1(logvar) - logvar), axis=1)
+    return 0.5 * anp.sum(mu * mu + (anp.expm1(logvar) - logvar), axis=1)
 
 
 def autoencoder_loss(params, config, x, noise):
@@ -123,8 +123,8 @@ def autoencoder_loss(params, config, x, noise):
     """
     mu, logvar = encoder_forward(params, config, x)
     z = mu + anp.exp(0.5 * logvar) * noise
-    mse = anp.mean((decoder_forward(params, config, z) - x) ** 2)
-    return mse + config.kl_weight * anp.mean(kl_to_standard_normal(mu, logvar))
+    residual = decoder_forward(params, config, z) - x
+    return mean(residual * residual) + config.kl_weight * mean(kl_to_standard_normal(mu, logvar))
 
 
 def latent_scale(params, config, x, rng):
