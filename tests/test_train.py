@@ -3,6 +3,7 @@ loop ``fit`` (warmup, cosine decay, global-norm clipping, EMA; eq. (L7)) against
 here and on problems with known answers; training runs judged against the Gaussian-mixture oracle
 (loss decrease, determinism, conditioning dropout, the noisy classifier); progress output; and
 every ValueError."""
+import inspect
 import itertools
 import math
 
@@ -22,8 +23,8 @@ from refdiff.metrics import classifier_excess, denoiser_excess
 from refdiff.nn import Classifier, Denoiser, MLPConfig, init_params
 from refdiff.process import q_sample
 from refdiff.schedule import Schedule
-from refdiff.train import (Progress, classifier_loss, denoising_loss, fit, train_classifier,
-                           train_denoiser)
+from refdiff.train import (CLASSIFIER_2D, DENOISER_2D, Progress, classifier_loss, denoising_loss, fit,
+                           train_classifier, train_denoiser)
 from refdiff.train import adam_update, clip_by_global_norm, ema_decay, lr_at
 from strategies import EPS32, assert_bounded, log_uniform, seeds
 from strategies import EPS64
@@ -203,6 +204,15 @@ def test_fit_rejects_bad_arguments(kwargs, name):
     args = {"steps": 3, "lr": 0.1, "ema": 0.9, "clip": 1.0} | kwargs
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         fit(lambda p: anp.sum(p["a"] ** 2), {"a": np.ones(2)}, lambda: (), **args)
+
+
+@pytest.mark.parametrize("train, budget", [(train_denoiser, DENOISER_2D), (train_classifier, CLASSIFIER_2D)])
+def test_the_plain_call_trains_the_measured_2d_budget(train, budget):
+    """Every entry of the 2D budget that docs/learned.md measures is the function's default."""
+    defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
+    assert {name: defaults[name] for name in budget} == budget
+    model = train(X0, Y, SCHED, rng(0), **TINY_RUN)
+    assert all(value.dtype == np.float32 for value in model.params.values())
 
 
 # ---- training runs judged against the oracle ------------------------------------------------
