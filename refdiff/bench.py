@@ -6,7 +6,7 @@ budget (train.DENOISER_2D, train.CLASSIFIER_2D) on a Gaussian-mixture preset, me
 the oracle: excess loss over the Bayes floor (M5), cross-entropy over the exact classifier's (M6),
 and unguided DDPM samples judged by the two-sample test (M3) beside the oracle sampler's.
 Also: the BLAS thread setting and what one process spinning on a core (a "busy" machine) does
-to a training step at 1 and 2 threads, and the oracle's eps against a direct closed form written
+to a training step and a prediction at 1 and 2 threads, and the oracle's eps against a direct closed form written
 here (one Cholesky factor per component and matrix products).
 Benchmarks, not tests: machines are shared and noisy, so compare ratios taken in one run.
 """
@@ -46,16 +46,19 @@ def _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, prefix):
     return models
 
 
-def median_time(fn, repeats):
-    """Median wall time (s) of fn() over ``repeats`` calls, after one warm-up call."""
+def median_times(fns, repeats):
+    """Median wall time (s) of each callable in the dict ``fns`` over ``repeats`` rounds that call
+    every one once, in turn, after one warm-up round: a load that comes and goes during the
+    measurement slows all of them alike, so their ratios hold."""
     as_count(repeats, "repeats", low=1)
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    times = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def run(data="ring8", seed=0, denoiser_steps=None, classifier_steps=None, n_eval=100_000, n_samples=2000):
@@ -80,11 +83,14 @@ def run(data="ring8", seed=0, denoiser_steps=None, classifier_steps=None, n_eval
     return out
 
 
-def _threads(x0, y, sched, rng, den_opts, steps=31):
-    """Median denoiser train-step times at 1 and 2 BLAS threads, idle and with one other process
-    spinning on a core, and the busy / idle ratio at the thread setting in use (restored after)."""
+def _threads(x0, y, sched, rng, den_opts, steps=31, n_predict=10_000):
+    """Median denoiser train-step and 10,000-point prediction times at 1 and 2 BLAS threads, idle
+    and with one other process spinning on a core, and the busy / idle ratios at the thread setting
+    in use (restored after)."""
     setting = sorted(set(runtime.blas_threads().values())) or [None]
     out = {"threads": setting[0] if len(setting) == 1 else setting}
+    model = train_denoiser(x0, y, sched, rng, verbose=False, **{**den_opts, "steps": 2})
+    x, labels = rng.standard_normal((n_predict, x0.shape[1])), y[rng.integers(0, len(y), n_predict)]
     for load in ("idle", "busy"):
         spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
         try:
@@ -92,6 +98,8 @@ def _threads(x0, y, sched, rng, den_opts, steps=31):
                 runtime.set_threads(n)
                 times = step_times(train_denoiser, x0, y, sched, rng, **{**den_opts, "steps": steps})
                 out[f"train_step_ms_threads{n}_{load}"] = 1e3 * float(np.median(times))
+                predict = median_times({"predict": lambda: model(x, sched.T // 2, labels)}, 9)["predict"]
+                out[f"predict_ms_threads{n}_{load}"] = 1e3 * predict
         finally:
             if spinner is not None:
                 spinner.kill()
@@ -99,7 +107,8 @@ def _threads(x0, y, sched, rng, den_opts, steps=31):
     if isinstance(out["threads"], int):
         runtime.set_threads(out["threads"])
         n = min(out["threads"], 2)
-        out["busy_over_idle_train_step"] = out[f"train_step_ms_threads{n}_busy"] / out[f"train_step_ms_threads{n}_idle"]
+        for work in ("train_step", "predict"):
+            out[f"busy_over_idle_{work}"] = out[f"{work}_ms_threads{n}_busy"] / out[f"{work}_ms_threads{n}_idle"]
     return out
 
 
@@ -125,8 +134,8 @@ def _oracle_speed(mix, sched, rng, n=100_000, t=500):
     their largest difference."""
     x, a = 2 * rng.standard_normal((n, mix.dim)), float(sched.alpha_bar[t])
     model = mix.eps_model(sched)
-    ms = {"oracle": 1e3 * median_time(lambda: model(x, t), 5),
-          "closed_form": 1e3 * median_time(lambda: closed_form_eps(mix, x, a), 5)}
+    ms = {name: 1e3 * s for name, s in median_times({"oracle": lambda: model(x, t),
+                                                     "closed_form": lambda: closed_form_eps(mix, x, a)}, 7).items()}
     return {"oracle_eps_ms": ms["oracle"], "closed_form_eps_ms": ms["closed_form"],
             "oracle_over_closed_form": ms["oracle"] / ms["closed_form"],
             "oracle_closed_form_max_diff": float(np.max(np.abs(model(x, t) - closed_form_eps(mix, x, a))))}
@@ -165,7 +174,7 @@ def _sampling_speed(den, clf, sched, num_labels, rng, n=10_000, w=3.0):
         method = methods.get(name)
         eps_fn = method.eps_fn(models, sched, y, method.value_at(w))
         fns[name] = lambda eps_fn=eps_fn: eps_fn(x, t)
-    ms = {name: 1e3 * median_time(fn, 9) for name, fn in fns.items()}
+    ms = {name: 1e3 * s for name, s in median_times(fns, 15).items()}
     out = {f"sample_step_ms_{name}": value for name, value in ms.items()}
     out.update({f"sample_step_ratio_{name}": ms[name] / ms["unguided"] for name in fns if name != "unguided"})
     return out

@@ -106,6 +106,8 @@ def bench_options(parser):
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     _training_options(parser, DENOISER_2D, CLASSIFIER_2D)
     parser.add_argument("--n-eval", type=count, default=100_000, help="draws for the excess losses (default 100000)")
+    parser.add_argument("--n-samples", type=count, help="samples judged against the truth (default 2000; 700 with "
+                        "--images)")
     parser.add_argument("--images", action="store_true",
                         help="instead, train on the tiny images and judge the samples (several minutes)")
 
@@ -121,9 +123,10 @@ def run_bench(args):
     if args.data not in toy_data.presets():
         raise ValueError(f"--data must be a Gaussian-mixture preset ({', '.join(toy_data.presets())}), got {args.data!r}")
     if args.images:
-        figures = bench.run_images(args.seed, args.denoiser_steps, args.classifier_steps)
+        figures = bench.run_images(args.seed, args.denoiser_steps, args.classifier_steps, args.n_samples or 700)
     else:
-        figures = bench.run(args.data, args.seed, args.denoiser_steps, args.classifier_steps, args.n_eval)
+        figures = bench.run(args.data, args.seed, args.denoiser_steps, args.classifier_steps, args.n_eval,
+                            args.n_samples or 2000)
     figures["malloc_tuned"] = MALLOC_TUNED
     if args.json:
         print(json.dumps(figures, indent=1))

@@ -33,11 +33,20 @@ def test_thread_figures_measure_both_settings_and_restore_the_setting():
     rng = np.random.default_rng(0)
     x0, y = rng.standard_normal((200, 2)), rng.integers(0, 3, 200)
     before = runtime.blas_threads()
-    out = bench._threads(x0, y, SCHED, rng, {"batch": 16, "hidden": 8, "depth": 1, "dtype": "float32"}, steps=4)
+    out = bench._threads(x0, y, SCHED, rng, {"batch": 16, "hidden": 8, "depth": 1, "dtype": "float32"}, steps=4,
+                         n_predict=50)
     assert runtime.blas_threads() == before
     for n in (1, 2):
         for load in ("idle", "busy"):
-            assert out[f"train_step_ms_threads{n}_{load}"] > 0
+            assert out[f"train_step_ms_threads{n}_{load}"] > 0 and out[f"predict_ms_threads{n}_{load}"] > 0
     assert out["threads"] == runtime.threads_from()
     n = min(out["threads"], 2)
-    assert out["busy_over_idle_train_step"] == out[f"train_step_ms_threads{n}_busy"] / out[f"train_step_ms_threads{n}_idle"]
+    for work in ("train_step", "predict"):
+        assert out[f"busy_over_idle_{work}"] == out[f"{work}_ms_threads{n}_busy"] / out[f"{work}_ms_threads{n}_idle"]
+
+
+def test_median_times_calls_every_function_once_a_round_after_a_warm_up():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    out = bench.median_times(fns, 3)
+    assert calls == list("ab") * 4 and set(out) == {"a", "b"} and all(v >= 0 for v in out.values())

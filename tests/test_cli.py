@@ -56,14 +56,16 @@ def test_console_script_is_installed_and_exits_2_on_a_mistake():
 def test_bench_prints_every_figure_as_json(capsys):
     # A tiny budget: the figures' values are not judged here (refdiff bench is a benchmark), only
     # that every one the issue names is there, finite where numeric, and the ratios consistent.
-    assert main(["bench", "--json", "--denoiser-steps", "25", "--classifier-steps", "25", "--n-eval", "500"]) == 0
+    assert main(["bench", "--json", "--denoiser-steps", "25", "--classifier-steps", "25", "--n-eval", "500",
+                 "--n-samples", "200"]) == 0
     import json
     figures = json.loads(capsys.readouterr().out)
     for key in ("train_step_ms_denoiser_float64", "train_step_ms_denoiser_float32", "train_step_ms_classifier_float32",
                 "train_seconds_denoiser", "train_seconds_classifier", "denoiser_excess_conditional",
                 "denoiser_excess_unconditional", "denoiser_excess_trained_mix", "classifier_excess",
                 "ddpm_distance_learned", "ddpm_distance_oracle", "sample_step_ms_unguided", "sample_step_ms_cfg",
-                "sample_step_ms_classifier"):
+                "sample_step_ms_classifier", "train_step_ms_threads1_busy", "predict_ms_threads1_idle",
+                "predict_ms_threads2_busy", "busy_over_idle_train_step", "busy_over_idle_predict"):
         assert np.isfinite(figures[key]) and figures[key] >= 0 or key.startswith("denoiser_excess"), key
     assert figures["sample_step_ratio_cfg"] == pytest.approx(figures["sample_step_ms_cfg"] / figures["sample_step_ms_unguided"])
     assert figures["ddpm_distance_ratio"] == pytest.approx(figures["ddpm_distance_learned"] / figures["ddpm_distance_oracle"])
@@ -81,7 +83,8 @@ def test_bench_rejects_bad_arguments(argv, needle, capsys):
 
 def test_bench_images_prints_its_figures(capsys):
     # Tiny budget again: only the presence and range of each figure is checked here.
-    assert main(["bench", "--images", "--json", "--denoiser-steps", "10", "--classifier-steps", "10"]) == 0
+    assert main(["bench", "--images", "--json", "--denoiser-steps", "10", "--classifier-steps", "10",
+                 "--n-samples", "70"]) == 0
     import json
     figures = json.loads(capsys.readouterr().out)
     for key in ("images_classifier_accuracy_clean", "images_judged_requested_class_ddim50",

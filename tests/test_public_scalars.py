@@ -426,7 +426,8 @@ REGISTRY = [
       lambda: (images.judge_attributes, (tiny_images()[0],), dict(min_score=0.7, min_contrast=0.5))),
     # the identities, and the applications (stopped at their first expensive step)
     E("refdiff.verify", "run_checks", {"seed": COUNT}, lambda: (verify.run_checks, (), dict(seed=0, labels=["S1"]))),
-    E("refdiff.bench", "median_time", {"repeats": COUNT}, lambda: (bench.median_time, (lambda: None,), dict(repeats=1))),
+    E("refdiff.bench", "median_times", {"repeats": COUNT},
+      lambda: (bench.median_times, ({"none": lambda: None},), dict(repeats=1))),
     E("refdiff.bench", "run", {"seed": COUNT, "denoiser_steps": OPT_COUNT, "classifier_steps": OPT_COUNT,
                                "n_eval": COUNT, "n_samples": COUNT},
       lambda: (bench.run, ("ring8",), dict(seed=0, denoiser_steps=1, classifier_steps=1, n_eval=2, n_samples=2)),
