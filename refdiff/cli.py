@@ -181,9 +181,10 @@ def run_demo(args):
 
     Train a denoiser (with label dropout) and a noisy classifier on 2D data, sample every
     guidance method they can run (classifier guidance and CFG) over a sweep of strengths, and
-    write figures, metrics.json and samples.npz to --out. About 20 s on 2 cores. With --data
-    images: on the tiny images, pixel CFG, classifier guidance, CLIP guidance and latent CFG side
-    by side, and captions steering the unconditional model (about 90 s; guidance_grid.png,
+    write figures, metrics.json and samples.npz to --out. About 12 s, also with another process
+    busy on one of 2 cores. With --data images: on the tiny images, pixel CFG, classifier
+    guidance, CLIP guidance and latent CFG side by side, and captions steering the unconditional
+    model (about 85 s; guidance_grid.png,
     captions.png, metrics.json, samples.npz); there --denoiser-steps and --classifier-steps
     override the pixel models' budgets.
     """

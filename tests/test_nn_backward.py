@@ -303,18 +303,24 @@ def test_mlp_refuses_second_derivatives(which):
             second_order_cases(c, 2)[which]()
 
 
-@pytest.mark.parametrize("depth", [1, 2, 4])
-@pytest.mark.parametrize("with_cond", [False, True])
-def test_mlp_float32_in_float32_gradients(depth, with_cond, monkeypatch):
-    c = fixed_case(depth, with_cond, dtype="float32")
+def spy_on_backward(monkeypatch):
+    """A list to which every call of nn.mlp_backward appends [dtype of g, dtypes of what it returns]."""
     seen, backward = [], nn.mlp_backward
 
-    def spy(g, trace, w, argnums):
-        out = backward(g, trace, w, argnums)
+    def spy(g, trace, args, argnums):
+        out = backward(g, trace, args, argnums)
         seen.append([g.dtype] + [o.dtype for o in out])
         return out
 
     monkeypatch.setattr(nn, "mlp_backward", spy)
+    return seen
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+@pytest.mark.parametrize("with_cond", [False, True])
+def test_mlp_float32_in_float32_gradients(depth, with_cond, monkeypatch):
+    c = fixed_case(depth, with_cond, dtype="float32")
+    seen = spy_on_backward(monkeypatch)
     # Each argument alone, as a bare array: autograd hands back mlp_backward's own array (a dict
     # of parameters would be cast to the parameters' dtype by autograd's dict accumulation).
     for name in ["x"] + names(depth):
@@ -630,14 +636,7 @@ LOSSES = ["denoising", "classifier", "clip", "autoencoder"]
 @pytest.mark.parametrize("which", LOSSES)
 def test_losses_backpropagate_float32(which, monkeypatch):
     loss, params, data, _, _ = loss_problem(which)
-    seen, backward = [], nn.mlp_backward
-
-    def spy(g, trace, w, argnums):
-        out = backward(g, trace, w, argnums)
-        seen.append([g.dtype] + [o.dtype for o in out])
-        return out
-
-    monkeypatch.setattr(nn, "mlp_backward", spy)
+    seen = spy_on_backward(monkeypatch)
     value, grads = autograd.value_and_grad(loss)(params, *data)
     assert np.asarray(value).dtype == np.float32, np.asarray(value).dtype
     assert set(grads) == set(params) and all(g.dtype == np.float32 for g in grads.values()), \
