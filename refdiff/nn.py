@@ -237,7 +237,11 @@ def mlp(params, x, cond, depth):
     sigmoids the backward pass needs are kept from the forward pass (docs/learned.md, "Speed").
     """
     h = x if cond is None else anp.concatenate([x, cond], axis=1)
-    weights = [params[f"{kind}{i}"] for i in range(depth) for kind in "Wb"] + [params["W_out"], params["b_out"]]
+    return mlp_apply(h, [params[f"{kind}{i}"] for i in range(depth) for kind in "Wb"] + [params["W_out"], params["b_out"]])
+
+
+def mlp_apply(h, weights):
+    """The MLP (L2) with weights [W_0, b_0, ..., W_out, b_out] on h, as the primitive ``mlp_output``."""
     return mlp_output(h, *weights, trace=mlp_trace(getval(h), [getval(w) for w in weights]))
 
 
@@ -310,9 +314,8 @@ def resnet(params, x, cond, depth):
     # anp.split, not slicing: autograd's gradient of a slice scatters with np.add.at, which took
     # 40% of a training step; the gradient of split is one concatenate.
     blocks = anp.split(dense(cond, params["W_cond"], params["b_cond"]), depth, axis=1)
-    for i in range(depth):
-        u = silu(h + blocks[i])
-        h = h + dense(silu(dense(u, params[f"W{i}a"], params[f"b{i}a"])), params[f"W{i}b"], params[f"b{i}b"])
+    for i in range(depth):  # a block's two layers are the MLP (L2) with one hidden layer
+        h = h + mlp_apply(silu(h + blocks[i]), [params[f"{kind}{i}{half}"] for half in "ab" for kind in "Wb"])
     return dense(silu(h), params["W_out"], params["b_out"])
 
 
