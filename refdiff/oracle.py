@@ -16,7 +16,7 @@ import numpy as np
 from autograd.scipy.special import logsumexp
 from autograd.tracer import getval
 
-from .arrays import alpha_bar_of, as_count, as_int_batch, as_points, as_times, check_rng, is_real
+from .arrays import alpha_bar_of, as_count, as_int_batch, as_points, as_times, check_rng, is_real, row_max
 from .labels import NULL_LABEL, as_labels
 from .process import q_sample
 
@@ -61,8 +61,13 @@ class GaussianMixture:
         self._lam, self._U = lam, U
         self._U_all = np.concatenate(list(U), axis=1)  # (D, K D): column k D + e is U_k's column e
         self._mean_proj = np.einsum("kd,kde->ke", means, U)  # (K, D): U_k^T mu_k
+        # (L + 1, K): row y holds log pi_k where label k = y, else -inf; the last row, for the null
+        # label, log pi_k everywhere
+        owned = np.vstack([labels == np.arange(L)[:, None], np.ones(K, dtype=bool)])
+        self._log_prior = np.where(owned, np.log(self.weights), -np.inf)
         self.num_components, self.dim, self.num_labels = K, D, L
-        for arr in (self.weights, self.means, self.covs, self.labels, lam, U, self._U_all, self._mean_proj):
+        for arr in (self.weights, self.means, self.covs, self.labels, lam, U, self._U_all, self._mean_proj,
+                    self._log_prior):
             arr.flags.writeable = False
 
     def __repr__(self):
@@ -87,11 +92,9 @@ class GaussianMixture:
 
     def _mask(self, y, n):
         """Log-prior of each component given each row's label, shape (N, K): log pi_k or -inf."""
-        log_w = np.broadcast_to(np.log(self.weights), (n, self.num_components))
         if y is None:
-            return log_w
-        owned = (self.labels[None, :] == y[:, None]) | (y[:, None] == NULL_LABEL)
-        return np.where(owned, log_w, -np.inf)
+            return np.broadcast_to(self._log_prior[-1], (n, self.num_components))
+        return self._log_prior[np.where(y == NULL_LABEL, self.num_labels, y)]
 
     # ---- the noised components (eq. (O1)) ---------------------------------------------------
     def _components(self, x, a):
@@ -104,7 +107,7 @@ class GaussianMixture:
         n, K, D = x.shape[0], self.num_components, self.dim
         var = a * self._lam + (1 - a)
         z = anp.reshape(x @ self._U_all, (n, K, D)) - np.sqrt(a) * self._mean_proj
-        log_n = -0.5 * (anp.sum(z ** 2 / var, axis=2) + np.sum(np.log(var), axis=-1) + D * LOG_2PI)
+        log_n = -0.5 * (anp.einsum("nkd,nkd->nk", z, z / var) + np.sum(np.log(var), axis=-1) + D * LOG_2PI)
         return log_n, z, var
 
     def _back(self, weights):
@@ -264,4 +267,4 @@ def _shift_rows(log_joint):
     raw values is only stored to the nearest float at that size and the normalised weights no
     longer sum to 1; shifted, the largest entry of each row is exactly 0.
     """
-    return log_joint - np.max(getval(log_joint), axis=1, keepdims=True)
+    return log_joint - row_max(getval(log_joint))

@@ -49,7 +49,7 @@ class Schedule:
         object.__setattr__(self, "betas", betas)
         object.__setattr__(self, "alphas", alphas)
         object.__setattr__(self, "alpha_bar", alpha_bar)
-        object.__setattr__(self, "_log_interp", _log_alpha_bar_interpolant(alpha_bar))
+        object.__setattr__(self, "_log_cubic", _log_alpha_bar_cubics(alpha_bar))
 
     @property
     def T(self):
@@ -119,41 +119,56 @@ class Schedule:
         out = np.empty(t.shape)
         whole = t == k
         out[whole] = self.alpha_bar[k[whole]]  # exact at the integers, no interpolation round-off
-        k, frac, inner = k[~whole], (t - k)[~whole], t[~whole]
-        a_lo, a_hi = self.alpha_bar[k], self.alpha_bar[k + 1]
-        val = a_lo * (1.0 - frac)  # the right end is 0: linear in alpha_bar
-        pos = a_hi > 0
-        if np.any(pos):
-            val[pos] = np.minimum(np.exp(self._log_interp(inner[pos])), a_lo[pos])
-        out[~whole] = np.clip(val, a_hi, a_lo)
+        out[~whole] = self._between(k[~whole], t[~whole])
         return out
+
+    def _between(self, k, t):
+        """alpha_bar(t) for k < t < k + 1 (eq. (S6)), k an int array of t's shape; unchecked.
+
+        exp of the PCHIP cubic of log alpha_bar on [k, k + 1], written out by Horner's rule in
+        u = t - k from the interpolant's coefficients (``PchipInterpolator.c``), kept within
+        [alpha_bar_{k+1}, alpha_bar_k]; linear in alpha_bar where alpha_bar_{k+1} = 0.
+        """
+        a_lo, a_hi, u = self.alpha_bar[k], self.alpha_bar[k + 1], t - k
+        c = self._log_cubic[:, np.minimum(k, self._log_cubic.shape[1] - 1)]  # (4, n); unused where a_hi = 0
+        with np.errstate(over="ignore", invalid="ignore"):
+            log_a = ((c[0] * u + c[1]) * u + c[2]) * u + c[3]
+            val = np.where(a_hi > 0, np.minimum(np.exp(log_a), a_lo), a_lo * (1.0 - u))
+        return np.clip(val, a_hi, a_lo)
 
     def sigma_at(self, t):
         """sigma(t) = sqrt((1 - alpha_bar(t)) / alpha_bar(t)) at real t in [0, T] (eq. (S6)); inf where alpha_bar is 0."""
-        a = self.alpha_bar_at(t)
-        with np.errstate(divide="ignore", over="ignore"):
-            return np.sqrt((1.0 - a) / a)
+        return _noise_to_signal(self.alpha_bar_at(t))
 
     def t_of_sigma(self, sigma):
-        """The time t in [0, T] with sigma_at(t) = sigma: the inverse of eq. (S6), by bisection.
+        """The time t in [0, T] with sigma_at(t) = sigma: the inverse of eq. (S6).
 
-        sigma(t) is increasing (strictly while alpha_bar > 0), so 64 halvings of [0, T] pin t down
-        to float64 resolution. sigma must be finite, >= 0 and <= sigma_at(T).
+        sigma(t) is increasing (strictly while alpha_bar > 0). The integers k - 1 < t <= k come from
+        the table of sigma_k; then halving [k - 1, k] until the two ends are neighbouring floats
+        (at most 64 halvings, 2^-64 of a step) pins t down to float64 resolution, each halving
+        evaluating sigma exactly as ``sigma_at`` does. sigma must be finite, >= 0 and <= sigma_at(T).
         """
         if not is_real(sigma):
             raise ValueError(f"sigma must be a real number or array, finite and >= 0, got {sigma!r}")
         sigma = np.asarray(sigma, dtype=np.float64)
         if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):
             raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
-        top = self.sigma_at(float(self.T))
-        if np.any(sigma > top):
-            raise ValueError(f"sigma must be <= sigma(T) = {float(top):.6g}, got {sigma.max():.6g}")
-        lo, hi = np.zeros(sigma.shape), np.full(sigma.shape, float(self.T))
-        for _ in range(64):  # invariant: sigma(lo) <= sigma <= sigma(hi)
-            mid = 0.5 * (lo + hi)
-            below = self.sigma_at(mid) < sigma
-            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-        return np.where(self.sigma_at(lo) == sigma, lo, hi)
+        table = _noise_to_signal(self.alpha_bar)
+        if np.any(sigma > table[-1]):
+            raise ValueError(f"sigma must be <= sigma(T) = {table[-1]:.6g}, got {sigma.max():.6g}")
+        k = np.searchsorted(table, sigma.reshape(-1))  # the first k with sigma_k >= sigma
+        t = k.astype(np.float64)
+        inside = table[k] != sigma.reshape(-1)  # else t = k exactly
+        k = k[inside] - 1
+        lo_in, hi_in, target = k.astype(np.float64), t[inside], sigma.reshape(-1)[inside]
+        for _ in range(64):  # invariant: sigma(lo) < sigma < sigma(hi)
+            mid = 0.5 * (lo_in + hi_in)
+            if np.all((mid <= lo_in) | (mid >= hi_in)):
+                break
+            below = _noise_to_signal(self._between(k, mid)) < target
+            lo_in, hi_in = np.where(below, mid, lo_in), np.where(below, hi_in, mid)
+        t[inside] = np.where(self.sigma_at(lo_in) == target, lo_in, hi_in)
+        return t.reshape(sigma.shape)
 
     def timesteps(self, steps, spacing="leading"):
         """The `steps` timesteps a fast sampler visits, in decreasing order, each in 1..T (eq. (S4)).
@@ -206,12 +221,23 @@ class Schedule:
         return var
 
 
-def _log_alpha_bar_interpolant(alpha_bar):
-    """PCHIP through (t, log alpha_bar_t) over the t with alpha_bar_t > 0, or None if only t = 0 (eq. (S6))."""
+def _log_alpha_bar_cubics(alpha_bar):
+    """The coefficients (4, P - 1) of PCHIP through (t, log alpha_bar_t) over the P times with
+    alpha_bar_t > 0 (eq. (S6)): column k is the cubic on [k, k + 1], highest power first. One
+    column of NaN if only t = 0 has alpha_bar > 0 (no interval has a positive right end then).
+    """
     positive = np.flatnonzero(alpha_bar > 0)
     if positive.size < 2:
-        return None
-    return PchipInterpolator(positive.astype(np.float64), np.log(alpha_bar[positive]))
+        return np.full((4, 1), np.nan)
+    coef = PchipInterpolator(positive.astype(np.float64), np.log(alpha_bar[positive])).c
+    coef.flags.writeable = False
+    return coef
+
+
+def _noise_to_signal(alpha_bar):
+    """sigma = sqrt((1 - alpha_bar) / alpha_bar), inf where alpha_bar = 0 (eq. (S6))."""
+    with np.errstate(divide="ignore", over="ignore"):
+        return np.sqrt((1.0 - alpha_bar) / alpha_bar)
 
 
 def _check_times(t, T, name="t"):

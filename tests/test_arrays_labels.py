@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refdiff.arrays import as_count, as_int_batch, as_points, as_timesteps, check_rng
-from refdiff.arrays import as_real
+from refdiff.arrays import as_real, row_max
 from refdiff.labels import NULL_LABEL, as_labels
 from strategies import points, shapes
 
@@ -301,3 +301,19 @@ def test_as_real_names_the_argument_for_an_int_too_long_to_print():
     # repr of an int of more than 4300 digits raises Python's own ValueError; the message describes it instead
     with pytest.raises(ValueError, match="^lr must be a finite number"):
         as_real(10**5000, "lr")
+
+
+@given(st.integers(1, 3000), st.integers(1, 70), st.integers(0, 2 ** 32 - 1), st.booleans())
+def test_row_max_is_numpys_row_maximum_nan_and_inf_included(n, k, seed, float32):
+    # Both branches (columns <= 32 and above), any sign, infinities and NaNs placed at random:
+    # the maximum is exact, so equality (NaN in a row gives NaN, as np.max).
+    rng = np.random.default_rng(seed)
+    big = 30 if float32 else 300  # the float32 range ends near 3e38
+    v = rng.standard_normal((n, k)) * 10.0 ** rng.integers(-big, big, (n, k))
+    v[rng.random((n, k)) < 0.01] = np.nan
+    v[rng.random((n, k)) < 0.01] = -np.inf
+    v[rng.random((n, k)) < 0.01] = np.inf
+    v = v.astype(np.float32) if float32 else v
+    got = row_max(v)
+    assert got.shape == (n, 1) and got.dtype == v.dtype
+    np.testing.assert_array_equal(got, np.max(v, axis=1, keepdims=True))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy.interpolate import PchipInterpolator
 
 from refdiff.schedule import SPACINGS, Schedule
 from strategies import (EPS64, MAX_T, assert_bounded, beta_arrays, cosine_args, linear_args,
@@ -334,6 +335,39 @@ def test_S6_alpha_bar_at_agrees_at_integers_and_is_monotone(sched, seed):
     lo, hi = sched.alpha_bar[k + 1], sched.alpha_bar[k]
     assert np.all((a >= lo) & (a <= hi))
     assert np.all(a[lo > 0] > 0)
+
+
+@given(schedules(), seeds)
+def test_S6_between_integers_is_exp_of_scipys_pchip_or_linear_where_alpha_bar_reaches_0(sched, seed):
+    # (S6) written out: exp of PCHIP through (k, log alpha_bar_k) over alpha_bar_k > 0, evaluated
+    # here by scipy itself; the schedule's own Horner evaluation of the same cubic differs by
+    # round-off only: |d log a| < 4 ulps of log a's largest term, so a few 1e-15 relative.
+    T = sched.T
+    t = np.random.default_rng(seed).uniform(0, T, 300)
+    t = t[t != np.floor(t)]
+    k = np.floor(t).astype(int)
+    a_lo, a_hi = sched.alpha_bar[k], sched.alpha_bar[k + 1]
+    positive = np.flatnonzero(sched.alpha_bar > 0)
+    want = a_lo * (k + 1 - t)
+    if positive.size >= 2:
+        cubic = PchipInterpolator(positive.astype(float), np.log(sched.alpha_bar[positive]))
+        inner = a_hi > 0
+        want[inner] = np.clip(np.exp(cubic(t[inner])), a_hi[inner], a_lo[inner])
+    scale = 1 + np.abs(np.log(np.maximum(want, 1e-300)))
+    np.testing.assert_allclose(sched.alpha_bar_at(t), want, rtol=1e-14 * scale.max(), atol=0)
+
+
+@given(schedules(), seeds)
+def test_S6_t_of_sigma_is_exact_at_the_integers_and_resolves_tiny_times(sched, seed):
+    # sigma_k of the table maps back to k exactly; sigma(t) for t in (0, 1), even 1e-12 (where
+    # sigma ~ sqrt(beta_1 t)), maps back to a t with the same sigma to 1e-9 relative.
+    k = np.arange(sched.T + 1)
+    k = k[np.isfinite(sched.sigma_at(k))]
+    np.testing.assert_array_equal(sched.t_of_sigma(sched.sigma_at(k)), k)
+    t = 10.0 ** np.random.default_rng(seed).uniform(-12, 0, 20)
+    sigma = sched.sigma_at(t)
+    np.testing.assert_allclose(sched.sigma_at(sched.t_of_sigma(sigma)), sigma, rtol=1e-9, atol=0)
+    assert sched.t_of_sigma(sigma).shape == (20,) and np.asarray(sched.t_of_sigma(sigma[0])).shape == ()
 
 
 @given(schedules(), seeds)
