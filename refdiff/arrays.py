@@ -1,8 +1,9 @@
 """Input checks shared by every module: batch-first points, timesteps, counts, real scalars and
-the floating dtypes (docs/notation.md; docs/architecture.md, "Conventions"); and ``row_max``, the
-one array primitive the oracle and the networks share."""
+the floating dtypes (docs/notation.md; docs/architecture.md, "Conventions"); and ``row_max`` and
+``log_sum_exp``, the two row reductions the oracle and the networks share."""
 import numbers
 
+import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
@@ -177,6 +178,19 @@ def row_max(values):
     for k in range(1, values.shape[1]):
         np.maximum(out, values[:, k], out=out)
     return out[:, None]
+
+
+def log_sum_exp(values):
+    """log sum_k exp(values[:, k]) of each row of a 2-D array, shape (N, 1), differentiable by autograd.
+
+    The row maximum m is subtracted first as a constant: log sum exp(v) = m + log sum exp(v - m)
+    for any m, so nothing overflows and the gradient, softmax(v), does not depend on m. A row of
+    -inf gives -inf (m is then taken as 0).
+    """
+    m = row_max(getval(values))
+    m[~np.isfinite(m)] = 0
+    with np.errstate(divide="ignore"):
+        return m + anp.log(anp.sum(anp.exp(values - m), axis=1, keepdims=True))
 
 
 def _asarray(value, name, expected):

@@ -36,12 +36,13 @@ def step_times(train, x0, y, sched, rng, **options):
     return np.diff(stamps)
 
 
-def _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, prefix):
-    """Train the denoiser and the noisy classifier, recording each one's wall time in ``out``."""
+def _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, prefix, verbose):
+    """Train the denoiser and the noisy classifier, recording each one's wall time in ``out``;
+    ``verbose``: each one's progress line on stderr (train.Progress)."""
     models = []
     for name, train, opts in (("denoiser", train_denoiser, den_opts), ("classifier", train_classifier, clf_opts)):
         start = time.perf_counter()
-        models.append(train(x0, y, sched, rng, verbose=False, **opts))
+        models.append(train(x0, y, sched, rng, verbose=verbose, **opts))
         out[f"{prefix}train_seconds_{name}"] = time.perf_counter() - start
     return models
 
@@ -61,8 +62,10 @@ def median_times(fns, repeats):
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
-def run(data="ring8", seed=0, denoiser_steps=None, classifier_steps=None, n_eval=100_000, n_samples=2000):
-    """All the figures as a dict of plain numbers (what ``refdiff bench --json`` prints)."""
+def run(data="ring8", seed=0, denoiser_steps=None, classifier_steps=None, n_eval=100_000, n_samples=2000,
+        verbose=False):
+    """All the figures as a dict of plain numbers (what ``refdiff bench --json`` prints); ``verbose``:
+    a progress line on stderr while the models train."""
     as_count(seed, "seed"), as_count(n_eval, "n_eval", low=2), as_count(n_samples, "n_samples", low=2)
     for name, steps in (("denoiser_steps", denoiser_steps), ("classifier_steps", classifier_steps)):
         if steps is not None:
@@ -76,7 +79,7 @@ def run(data="ring8", seed=0, denoiser_steps=None, classifier_steps=None, n_eval
             times = step_times(train, x0, y, sched, rng, **{**opts, "steps": 21, "dtype": dtype})
             out[f"train_step_ms_{name}_{dtype}"] = 1e3 * float(np.median(times))
     out.update(_threads(x0, y, sched, rng, den_opts))
-    den, clf = _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, "")
+    den, clf = _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, "", verbose)
     out.update(_quality(mix, sched, den, clf, rng, n_eval, n_samples, den_opts["p_uncond"]))
     out.update(_sampling_speed(den, clf, sched, mix.num_labels, rng))
     out.update(_oracle_speed(mix, sched, rng))
@@ -180,10 +183,11 @@ def _sampling_speed(den, clf, sched, num_labels, rng, n=10_000, w=3.0):
     return out
 
 
-def run_images(seed=0, denoiser_steps=None, classifier_steps=None, n_samples=700):
+def run_images(seed=0, denoiser_steps=None, classifier_steps=None, n_samples=700, verbose=False):
     """Tiny-image figures: training times, the noisy classifier's accuracy on clean images, and how
     often the rule-based judge (toy_data.images.judge) finds the requested class in unguided
-    conditional samples (DDIM with 50 steps, DDPM with 1000), with the time per sample."""
+    conditional samples (DDIM with 50 steps, DDPM with 1000), with the time per sample; ``verbose``:
+    a progress line on stderr while the models train."""
     as_count(seed, "seed"), as_count(n_samples, "n_samples", low=1)
     for name, steps in (("denoiser_steps", denoiser_steps), ("classifier_steps", classifier_steps)):
         if steps is not None:
@@ -192,7 +196,7 @@ def run_images(seed=0, denoiser_steps=None, classifier_steps=None, n_samples=700
     x0, y = images.sample(20_000, rng)
     den_opts, clf_opts = budget(DENOISER_IMAGES, denoiser_steps), budget(CLASSIFIER_IMAGES, classifier_steps)
     out = {"images_seed": seed, "images_denoiser_steps": den_opts["steps"]}
-    den, clf = _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, "images_")
+    den, clf = _train_pair(x0, y, sched, rng, den_opts, clf_opts, out, "images_", verbose)
     x_test, y_test = images.sample(2000, rng)
     out["images_classifier_accuracy_clean"] = float(np.mean(clf(x_test, 1).argmax(axis=1) == y_test))
     wanted = np.arange(n_samples) % images.NUM_CLASSES

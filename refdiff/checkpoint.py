@@ -108,13 +108,16 @@ def save(path, model):
     save_npz_atomic(name, **arrays)
 
 
-def load(path):
+def load(path, kind=None):
     """Read a checkpoint that ``save`` wrote, refusing anything else.
 
     Parameters
     ----------
     path : str or os.PathLike
         A version-1 checkpoint (format in the module docstring).
+    kind : None or a name of KINDS
+        The kind expected: a checkpoint of another kind (a classifier where a denoiser is
+        expected) raises ValueError naming both. None reads any kind.
 
     Returns
     -------
@@ -123,9 +126,11 @@ def load(path):
     damaged or invalid file raises ValueError naming ``path`` and the problem; pickled data is
     never unpickled.
     """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be None or one of {tuple(KINDS)}, got {kind!r}")
     name = os.fspath(path)
     try:
-        return _decode(read_npz(name))
+        return _decode(read_npz(name), kind)
     except ValueError as err:
         raise ValueError(f"checkpoint {name}: {err}") from None
 
@@ -144,12 +149,15 @@ def _entries(model):
     return arrays
 
 
-def _decode(arrays):
-    """The model that checkpoint entries describe; ValueError names the first problem found."""
+def _decode(arrays, expected=None):
+    """The model that checkpoint entries describe, of the kind ``expected`` if given; ValueError
+    names the first problem found."""
     arrays = dict(arrays)
     meta = _meta(arrays.pop("meta", None))
     if meta.get("kind") not in KINDS:
         raise ValueError(f"'meta' kind must be one of {tuple(KINDS)}, got {meta.get('kind')!r}")
+    if expected is not None and meta["kind"] != expected:
+        raise ValueError(f"holds {_a(meta['kind'])}, expected {_a(expected)}")
     kind = KINDS[meta["kind"]]
     config, extra, shapes = kind.from_entries(meta, arrays)  # pops the kind's own entries
     history = arrays.pop("history", None)
@@ -162,6 +170,11 @@ def _decode(arrays):
             raise ValueError(f"'history' must be a 1-D float array, got shape {history.shape} dtype {history.dtype}")
         model.history = history
     return model
+
+
+def _a(kind):
+    """'a denoiser', 'an autoencoder': a kind's name with its article, for messages."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def _meta(entry):

@@ -11,7 +11,7 @@ import numpy as np
 import toy_data
 
 from .arrays import as_count, as_points, check_rng
-from .npz import READ_ERRORS
+from .npz import read_npz
 from .oracle import GaussianMixture
 
 
@@ -50,20 +50,17 @@ def load(spec, n, rng):
 
 
 def _load_npz(path):
-    """A user's labelled points from an .npz, read without pickle and checked."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--data {path}: no such file")
+    """A user's labelled points from an .npz, read without pickle (npz.read_npz) and checked."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = {"x", "y"} - set(f.files)
-            if missing:
-                raise ValueError(f"--data {path}: needs arrays x and y, missing {', '.join(sorted(missing))}")
-            x, y = f["x"], f["y"]
-    except READ_ERRORS as err:
-        if isinstance(err, ValueError) and str(err).startswith("--data"):
-            raise
-        raise ValueError(f"--data {path}: not a readable .npz ({err})") from None
-    x = as_points(x, f"--data {path}: x").astype(np.float64)
+        arrays = read_npz(path)
+    except ValueError as err:
+        raise ValueError(f"--data {path}: {err}") from None
+    missing = {"x", "y"} - set(arrays)
+    if missing:
+        raise ValueError(f"--data {path}: needs arrays x and y, missing {', '.join(sorted(missing))}")
+    x, y = as_points(arrays["x"], f"--data {path}: x").astype(np.float64), arrays["y"]
+    if len(x) == 0:
+        raise ValueError(f"--data {path}: x must hold at least one point")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise ValueError(f"--data {path}: y must be {len(x)} integer labels >= 0 (one per row of x), "
                          f"got shape {y.shape} and dtype {y.dtype}")

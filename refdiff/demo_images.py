@@ -16,7 +16,6 @@ Steps (each printed as it runs):
 5. write ``metrics.json``, ``samples.npz`` (the sweep's images, by method and w, and the labels),
    ``guidance_grid.png`` and ``captions.png`` to the output folder.
 """
-import json
 import os
 import time
 
@@ -26,14 +25,14 @@ from toy_data import captions, images
 
 from . import clip, latent, methods, plot
 from .arrays import as_count
-from .demo import save_figure
+from .demo import save_figure, save_json
 from .guidance import clip_guidance, clip_x0_guidance
-from .npz import save_npz_atomic
+from .npz import make_folder, save_npz_atomic
 from .process import q_sample
 from .samplers import ddpm
 from .schedule import Schedule
 from .sweep import image_measures
-from .train import CLASSIFIER_IMAGES_SMALL, DENOISER_IMAGES_SMALL, train_classifier, train_denoiser
+from .train import CLASSIFIER_IMAGES_SMALL, DENOISER_IMAGES_SMALL, Progress, train_classifier, train_denoiser
 
 WS = (0.0, 1.0, 3.0, 6.0)
 # The models the guidance methods read (refdiff.methods), and the methods they can run.
@@ -45,12 +44,13 @@ CAPTIONS = ("thick vertical bar", "left vertical bar", "thin horizontal bar", "t
 BUDGETS = {"denoiser": DENOISER_IMAGES_SMALL, "classifier": CLASSIFIER_IMAGES_SMALL,
            "clip_noise_aware": clip.CLIP_NOISE_AWARE_IMAGES, "clip_clean": clip.CLIP_CLEAN_IMAGES,
            "autoencoder": latent.AUTOENCODER_IMAGES, "latent_denoiser": latent.LATENT_DENOISER_IMAGES}
-LABEL_INCHES = 1.8  # the figures' left margin, for the row labels
+TILE_INCHES = 0.38  # one image in the figures' grids: 30 pixels at save_figure's 80 dpi
+CHAR_INCHES = 0.085  # the width of a character of 10-point text, for the margins of the grids' labels
 NOISY_T = (100, 300, 500, 700)  # the noise levels of the noisy class accuracies
 STEPS = 100  # DDPM steps: at the small budget DDIM-50 leaves noise the judge rejects (docs/guidance.md)
 
 
-def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say=print):
+def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say=print, verbose=True):
     """Train, sample, measure and draw; returns the metrics dict also written to metrics.json.
 
     Parameters
@@ -59,25 +59,28 @@ def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say
     rng : numpy.random.Generator, the only randomness
     budgets : {model name: training options}, the keys of BUDGETS
     ws : strengths w; n_per_label : samples per class and strength; n_caption : samples per caption and scale
-    say : callable(str) told of each step
+    say : callable(str) told of each step; verbose : a progress line on stderr for each training and
+        sampling stage (train.Progress)
     """
     as_count(n_per_label, "n_per_label", low=1), as_count(n_caption, "n_caption", low=1)
     if set(budgets) != set(BUDGETS):
         raise ValueError(f"budgets must name exactly {sorted(BUDGETS)}, got {sorted(budgets)}")
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir)
     start = time.perf_counter()
-    models, metrics = _train(rng, budgets, say)
+    models, metrics = _train(rng, budgets, say, verbose)
     sched = models["sched"]
     held_out = images.sample(2000, rng, return_attributes=True)
     metrics.update(_held_out(models, *held_out))
     y = np.arange(n_per_label * images.NUM_CLASSES) % images.NUM_CLASSES
     say(f"sampling {len(y)} images for each of {len(METHODS)} methods x {len(ws)} strengths (DDPM-{STEPS})")
-    metrics["rows"], samples = _sweep(models, sched, y, ws, rng)
+    with Progress("guidance sweep", len(METHODS) * len(ws) * STEPS, verbose, verb="sample") as progress:
+        metrics["rows"], samples = _sweep(models, sched, y, ws, rng, progress)
     say(f"steering the unconditional model with {len(CAPTIONS)} captions, both CLIP rules")
-    metrics["captions"], caption_samples = _captions(models, sched, ws, n_caption, rng)
+    with Progress("captions", len(CAPTIONS) * len(RULE_NAMES) * (1 + len(ws)) * STEPS, verbose,
+                  verb="sample") as progress:
+        metrics["captions"], caption_samples = _captions(models, sched, ws, n_caption, rng, progress)
     metrics["noisy_class_accuracy"] = _noisy_accuracy(models, sched, *held_out[:2], rng)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
+    save_json(metrics, os.path.join(out_dir, "metrics.json"))
     save_npz_atomic(os.path.join(out_dir, "samples.npz"), y=y,
                     **{f"{method}_w{w:g}": x for (method, w), x in samples.items()})
     say("drawing the figures")
@@ -88,21 +91,21 @@ def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say
     return metrics
 
 
-def _train(rng, budgets, say):
+def _train(rng, budgets, say, verbose):
     """Every model of the demo, in the order of BUDGETS, the seconds each took to train and its
-    training loss (the mean over its last 100 steps)."""
+    training loss (the mean over its last 100 steps); ``verbose``: each one's progress line."""
     sched = Schedule.linear(1000)
     x, y, attrs = images.sample(20_000, rng, return_attributes=True)
     words, K = captions.image_words(y, attrs), images.NUM_CLASSES
     jobs = {
-        "denoiser": lambda opts: train_denoiser(x, y, sched, rng, num_labels=K, verbose=False, **opts),
-        "classifier": lambda opts: train_classifier(x, y, sched, rng, num_labels=K, verbose=False, **opts),
+        "denoiser": lambda opts: train_denoiser(x, y, sched, rng, num_labels=K, verbose=verbose, **opts),
+        "classifier": lambda opts: train_classifier(x, y, sched, rng, num_labels=K, verbose=verbose, **opts),
         "clip_noise_aware": lambda opts: clip.train_clip(x, words, captions.VOCAB, rng, sched=sched,
-                                                         verbose=False, **opts),
-        "clip_clean": lambda opts: clip.train_clip(x, words, captions.VOCAB, rng, verbose=False, **opts),
-        "autoencoder": lambda opts: latent.train_autoencoder(x, rng, verbose=False, **opts),
+                                                         verbose=verbose, **opts),
+        "clip_clean": lambda opts: clip.train_clip(x, words, captions.VOCAB, rng, verbose=verbose, **opts),
+        "autoencoder": lambda opts: latent.train_autoencoder(x, rng, verbose=verbose, **opts),
         "latent_denoiser": lambda opts: latent.train_latent_denoiser(models["autoencoder"], x, y, sched, rng,
-                                                                     num_labels=K, verbose=False, **opts),
+                                                                     num_labels=K, verbose=verbose, **opts),
     }
     models, seconds, losses = {"sched": sched}, {}, {}
     for name in BUDGETS:
@@ -150,9 +153,10 @@ def guidance_models(models):
             "captions": images.CLASS_NAMES, "latent_denoiser": models["latent_denoiser"]}
 
 
-def _sweep(models, sched, y, ws, rng):
+def _sweep(models, sched, y, ws, rng, progress):
     """DDPM-100 samples of every method and strength from one x_T (one z_T in latent space) and one
-    noise seed, judged; rows carry the wall-clock seconds per sample, decoding included."""
+    noise seed, judged; rows carry the wall-clock seconds per sample, decoding included. ``progress``
+    (a train.Progress) is told of every sampling step."""
     ae = models["autoencoder"]
     starts = {False: rng.standard_normal((len(y), images.SIZE ** 2)),
               True: rng.standard_normal((len(y), ae.config.latent))}
@@ -164,7 +168,7 @@ def _sweep(models, sched, y, ws, rng):
         for w in ws:
             begin = time.perf_counter()
             x = ddpm(method.eps_fn(available, sched, y, method.value_at(w)), sched, starts[in_latent],
-                     np.random.default_rng(seed), steps=STEPS)
+                     np.random.default_rng(seed), steps=STEPS, callback=lambda *_: progress.update())
             if in_latent:
                 x = ae.decode(x)
             seconds = (time.perf_counter() - begin) / len(y)
@@ -174,9 +178,10 @@ def _sweep(models, sched, y, ws, rng):
     return rows, samples
 
 
-def _captions(models, sched, ws, n, rng):
+def _captions(models, sched, ws, n, rng, progress):
     """Both CLIP rules on the unconditional branch for each caption and scale s = 1 + w (and s = 0):
-    how often the samples match each of the caption's attributes (captions.caption_match)."""
+    how often the samples match each of the caption's attributes (captions.caption_match);
+    ``progress`` is told of every sampling step."""
     den = models["denoiser"]
     x_T, seed = rng.standard_normal((n, images.SIZE ** 2)), int(rng.integers(2 ** 31))
     rules = {"noise_aware": lambda caption, s: clip_guidance(den, models["clip_noise_aware"].score_fn(caption),
@@ -186,7 +191,8 @@ def _captions(models, sched, ws, n, rng):
     for caption in CAPTIONS:
         for rule, make in rules.items():
             for s in (0.0,) + tuple(1.0 + w for w in ws):
-                x = ddpm(make(caption, s), sched, x_T, np.random.default_rng(seed), steps=STEPS)
+                x = ddpm(make(caption, s), sched, x_T, np.random.default_rng(seed), steps=STEPS,
+                         callback=lambda *_: progress.update())
                 samples[caption, rule, s] = x
                 rows.append({"caption": caption, "rule": rule, "scale": s, **captions.caption_match(x, caption)})
     return rows, samples
@@ -204,35 +210,49 @@ def format_rows(rows):
 
 
 def _figures(out_dir, samples, caption_samples, y, ws):
-    """guidance_grid.png: methods x strengths, two samples of each class per cell (one if that is all
-    there is); captions.png:
-    caption and rule x scale, 14 samples per cell."""
+    """guidance_grid.png: methods x strengths, each cell one row per class (named on the right) with
+    two samples of it (one if that is all there is); captions.png: caption and rule x scale, the
+    first 8 samples per cell."""
     per_class = min(2, len(y) // images.NUM_CLASSES)
-    pick = np.concatenate([[np.flatnonzero(y == k)[i] for k in range(images.NUM_CLASSES)] for i in range(per_class)])
+    pick = np.array([np.flatnonzero(y == k)[i] for k in range(images.NUM_CLASSES) for i in range(per_class)])
     cells = {(methods.get(m).title("\n"), f"w = {w:g}"): samples[m, w][pick] for m in METHODS for w in ws}
-    _tiled(cells, os.path.join(out_dir, "guidance_grid.png"))
-    cells = {(f'"{caption}"\n{RULE_NAMES[rule]}', f"s = {s:g}"): x[:14]
+    _tiled(cells, os.path.join(out_dir, "guidance_grid.png"), per_class,
+           f"DDPM-{STEPS} samples of the models trained on the tiny images,\nby guidance method (rows) and "
+           f"strength w (columns); {per_class} per class", images.CLASS_NAMES)
+    cells = {(f'"{caption}"\n{RULE_NAMES[rule]}', f"s = {s:g}"): x[:8]
              for (caption, rule, s), x in caption_samples.items()}
-    _tiled(cells, os.path.join(out_dir, "captions.png"))
+    _tiled(cells, os.path.join(out_dir, "captions.png"), 4,
+           f"DDPM-{STEPS} samples of the unconditional model under CLIP guidance toward a caption (rows: the caption "
+           "and the CLIP rule),\nby scale s (columns; s = 0 is unguided), from the same noise in every cell")
 
 
-def _tiled(cells, path):
-    """One image grid (7 columns) per cell {(row label, column label): images}, rows and columns
-    in the order they first occur, labels on the left and on top."""
+def _tiled(cells, path, ncols, title, line_labels=()):
+    """One image grid of ncols columns (TILE_INCHES an image) per cell {(row label, column label):
+    images}, rows and columns in the order they first occur, labels on the left and on top in
+    normal text size, ``line_labels`` (one per line of images in a cell) right of the last column."""
     from matplotlib.figure import Figure
 
-    rows = list(dict.fromkeys(r for r, _ in cells))
-    cols = list(dict.fromkeys(c for _, c in cells))
-    width = LABEL_INCHES + 2.0 * len(cols)
-    fig = Figure(figsize=(width, 0.3 + 0.62 * len(rows)))
-    axes = fig.subplots(len(rows), len(cols), squeeze=False,
-                        gridspec_kw={"left": LABEL_INCHES / width, "right": 0.99, "top": 0.95,
-                                     "bottom": 0.01, "wspace": 0.05, "hspace": 0.08})
+    rows, cols = list(dict.fromkeys(r for r, _ in cells)), list(dict.fromkeys(c for _, c in cells))
+    lines = max(-(-len(x) // ncols) for x in cells.values())  # lines of images in the fullest cell
+    cell_w, cell_h, gap = ncols * TILE_INCHES, lines * TILE_INCHES, 0.15
+    left = 0.2 + CHAR_INCHES * max(len(part) for r in rows for part in r.split("\n"))
+    right = 0.2 + CHAR_INCHES * max((len(name) for name in line_labels), default=0)
+    top = 0.4 + 0.2 * (title.count("\n") + 1)
+    width = left + len(cols) * cell_w + (len(cols) - 1) * gap + right
+    height = top + len(rows) * cell_h + (len(rows) - 1) * gap + 0.1
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(len(rows), len(cols), squeeze=False, gridspec_kw={
+        "left": left / width, "right": 1 - right / width, "top": 1 - top / height, "bottom": 0.1 / height,
+        "wspace": gap / cell_w, "hspace": gap / cell_h})
     for (row, col), x in cells.items():
-        ax = axes[rows.index(row), cols.index(col)]
-        plot.image_grid(ax, x, ncols=images.NUM_CLASSES)
-        if rows.index(row) == 0:
-            ax.set_title(col, fontsize=8)
-        if cols.index(col) == 0:
-            ax.text(-0.04, 0.5, row, transform=ax.transAxes, ha="right", va="center", fontsize=7)
+        i, j = rows.index(row), cols.index(col)
+        plot.image_grid(axes[i, j], x, ncols=ncols)
+        if i == 0:
+            axes[i, j].set_title(col)
+        if j == 0:
+            axes[i, j].text(-0.04, 0.5, row, transform=axes[i, j].transAxes, ha="right", va="center")
+        for k, name in enumerate(line_labels if j == len(cols) - 1 else ()):  # images.SIZE + 1 pixels a line
+            h = images.SIZE
+            axes[i, j].text(ncols * (h + 1), k * (h + 1) + (h - 1) / 2, name, ha="left", va="center")
+    fig.suptitle(title, y=1 - 0.1 / height, va="top")
     save_figure(fig, path)

@@ -1,6 +1,7 @@
 """Training: the denoising loss with conditioning dropout, the noisy-classifier loss, and one Adam
 loop with gradient clipping and an EMA of the weights (docs/learned.md).
 """
+import contextlib
 import math
 import sys
 import time
@@ -148,18 +149,18 @@ def fit(loss, params, make_batch, steps, lr, ema, clip, progress=None, on_step=N
     v2 = {k: np.zeros_like(v) for k, v in params.items()}
     avg = {k: v.copy() for k, v in params.items()}
     losses = np.empty(steps)
-    for k in range(1, steps + 1):
-        value, grads = loss_and_grad(params, *make_batch())
-        rate, decay = lr_at(k, steps, lr), ema_decay(k, ema)
-        for name, g in clip_by_global_norm(grads, clip).items():
-            params[name], m[name], v2[name] = adam_update(params[name], g, m[name], v2[name], k, rate)
-            avg[name] = decay * avg[name] + (1 - decay) * params[name]  # (L7) the EMA of the weights
-        losses[k - 1] = value
-        for report in (progress and progress.update, on_step):
-            if report:
-                report(k, value)
-    if progress:
-        progress.close()
+    with progress or contextlib.nullcontext():
+        for k in range(1, steps + 1):
+            value, grads = loss_and_grad(params, *make_batch())
+            rate, decay = lr_at(k, steps, lr), ema_decay(k, ema)
+            for name, g in clip_by_global_norm(grads, clip).items():
+                params[name], m[name], v2[name] = adam_update(params[name], g, m[name], v2[name], k, rate)
+                avg[name] = decay * avg[name] + (1 - decay) * params[name]  # (L7) the EMA of the weights
+            losses[k - 1] = value
+            if progress:
+                progress.update(k, f"loss {value:.4f}")
+            if on_step:
+                on_step(k, value)
     return avg, losses
 
 
@@ -204,25 +205,71 @@ def ema_decay(k, ema):
 
 
 class Progress:
-    """One progress line on stderr (step, loss, steps/s, ETA), rewritten in place at most 4x a second."""
+    """One progress line on stderr for a long stage: stage, step/total, rate, ETA (and a note, e.g. the loss).
 
-    def __init__(self, label, total, enabled=True):
-        self.label, self.total, self.enabled = label, total, enabled
-        self.start = self.last = time.perf_counter()
+    On a terminal the line is rewritten in place (\\r) at most every TTY_SECONDS and ends with a
+    newline at ``close``; elsewhere (a log, a pipe) a plain line is written at most every
+    PLAIN_SECONDS and a last one at ``close``. A stage shorter than that interval writes nothing.
+    Used as ``with Progress(...) as p: ... p.update(step)``, or closed by hand.
 
-    def update(self, step, loss):
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.25 and step < self.total):
-            return
-        self.last = now
-        rate = step / max(now - self.start, 1e-9)
-        sys.stderr.write(f"\rtrain {self.label}: step {step}/{self.total}  loss {loss:.4f}  "
-                         f"{rate:.0f} steps/s  ETA {(self.total - step) / rate:.0f}s ")
-        sys.stderr.flush()
+    Parameters
+    ----------
+    label : what runs, after ``verb``: "denoiser" (the line says "train denoiser"), "ddim"
+    total : int, the number of steps; enabled : False writes nothing (``refdiff -q``)
+    verb : the stage's verb; unit : what a step is ("steps")
+    stream : where to write (default sys.stderr); clock : callable() -> seconds (default time.perf_counter)
+    """
+    TTY_SECONDS, PLAIN_SECONDS = 0.25, 10.0
+
+    def __init__(self, label, total, enabled=True, verb="train", unit="steps", stream=None, clock=None):
+        self.stage, self.total, self.enabled, self.unit = f"{verb} {label}", total, enabled, unit
+        self.out, self.clock = stream or sys.stderr, clock or time.perf_counter
+        self.tty = self.out.isatty()
+        self.interval = self.TTY_SECONDS if self.tty else self.PLAIN_SECONDS
+        self.start = self.last = self.clock()
+        self.step, self.note, self.width, self.written = 0, "", 0, False
+
+    def update(self, step=None, note=""):
+        """Step ``step`` (default: one more than the last) is done; ``note`` (str) is shown beside it."""
+        self.step, self.note = self.step + 1 if step is None else step, note
+        now = self.clock()
+        if self.enabled and now - self.last >= self.interval:
+            self.last = now
+            self._write(self._line(now, done=False))
 
     def close(self):
-        if self.enabled:
-            sys.stderr.write("\n")
+        """End the line: the final state, if anything was written (a newline on a terminal)."""
+        if self.enabled and self.written:
+            self._write(self._line(self.clock(), done=True))
+            if self.tty:
+                self.out.write("\n")
+            self.written = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _line(self, now, done):
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.step / elapsed
+        speed = f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+        when = f"in {_duration(elapsed)}" if done else f"ETA {_duration((self.total - self.step) / max(rate, 1e-9))}"
+        note = f"  {self.note}" if self.note else ""
+        return f"{self.stage}: {self.step}/{self.total} {self.unit}{note}  {speed} {self.unit}/s  {when}"
+
+    def _write(self, line):
+        self.out.write("\r" + line.ljust(self.width) if self.tty else line + "\n")
+        self.width = max(self.width, len(line))
+        self.out.flush()
+        self.written = True
+
+
+def _duration(seconds):
+    """Seconds for a progress line: '42s', '3m05s', '1h02m'."""
+    s = int(round(seconds))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _data(x0, y, num_labels, conditional):

@@ -395,7 +395,7 @@ CHECKS = (
 )
 
 
-def run_checks(seed=0, labels=None):
+def run_checks(seed=0, labels=None, on_check=None):
     """Run the checks (all, or those whose docs label is in ``labels``) with inputs drawn from ``seed``.
 
     Each check draws from its own generator, seeded by (seed, its label), so a filtered run
@@ -405,23 +405,28 @@ def run_checks(seed=0, labels=None):
     ----------
     seed : int >= 0
     labels : None, or docs labels such as ["G5", "C3"]; "C3" selects the check labelled "C3/C4"
+    on_check : None or callable(Result), told of each result as it comes (a progress line)
 
     Returns
     -------
     list of Result, in the order of CHECKS
     """
     seed = as_count(seed, "seed")
-    chosen = _select(labels)
+    chosen = select_checks(labels)
     results = []
     for check in chosen:
         rng = np.random.default_rng([seed, zlib.crc32(check.label.encode())])
         max_error, tolerance = check.run(rng)
         results.append(Result(check.label, check.statement, float(max_error), float(tolerance),
                               bool(max_error <= tolerance)))
+        if on_check:
+            on_check(results[-1])
     return results
 
 
-def _select(labels):
+def select_checks(labels=None):
+    """The checks of CHECKS a run with these docs labels makes (all for None), in their order;
+    ValueError names an unknown label."""
     if labels is None:
         return CHECKS
     try:

@@ -254,11 +254,11 @@ def write_raw_meta(path):
 
 @pytest.mark.parametrize("write,problem", [
     pytest.param(lambda p: None, "no such file", id="missing"),
-    pytest.param(lambda p: p.mkdir(), "cannot be read \\(Is a directory\\)", id="directory"),
+    pytest.param(lambda p: p.mkdir(), "is a folder, not a file", id="directory"),
     pytest.param(lambda p: p.write_bytes(b""), "not an .npz archive: the file is empty", id="empty"),
     pytest.param(lambda p: p.write_bytes(np.random.default_rng(0).bytes(500)), "not an .npz archive: no zip signature",
                  id="random-bytes"),
-    pytest.param(write_npy, "not an .npz archive: no zip signature", id="npy-not-npz"),
+    pytest.param(write_npy, "not an .npz archive: it holds a single .npy array \\(numpy.save\\)", id="npy-not-npz"),
     pytest.param(write_half, "not a valid .npz archive, truncated or corrupt \\(BadZipFile", id="truncated"),
     pytest.param(write_raw_meta, "entry 'meta' is not a .npy array", id="raw-zip-member"),
 ])
@@ -285,7 +285,7 @@ class Trap:
 def test_a_pickled_object_array_is_refused_and_never_unpickled(good_entries, tmp_path):
     path = tmp_path / "pickled.npz"
     np.savez(path, **good_entries, trap=np.array([Trap()], dtype=object))
-    assert_refused(path, "entry 'trap' cannot be read \\(ValueError: .*allow_pickle=False")
+    assert_refused(path, "entry 'trap' holds Python objects, which only pickle could read")
     assert UNPICKLED == []
     with np.load(path, allow_pickle=True) as f:  # the control: the trap does fire when unpickled
         f["trap"]
@@ -315,17 +315,17 @@ def refuse(*args):
     raise OSError("rename refused")
 
 
-@pytest.mark.parametrize("module,name,fake,error", [
-    (np, "savez", savez_half_then_fail, OSError),
+@pytest.mark.parametrize("module,name,fake,error", [  # an OSError comes out as a ValueError naming the file
+    (np, "savez", savez_half_then_fail, ValueError),
     (os, "fsync", interrupt, KeyboardInterrupt),
-    (os, "replace", refuse, OSError),
+    (os, "replace", refuse, ValueError),
 ])
 def test_a_failed_save_leaves_the_old_file_and_no_temporary_file(module, name, fake, error, tmp_path, monkeypatch):
     path = tmp_path / "m.npz"
     save(path, small_model(seed=1))
     before = path.read_bytes()
     monkeypatch.setattr(module, name, fake)
-    with pytest.raises(error):
+    with pytest.raises(error, match=f"^cannot write {re.escape(str(path))}: " if error is ValueError else None):
         save(path, small_model("classifier", seed=2))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["m.npz"]

@@ -73,7 +73,7 @@ def test_bench_prints_every_figure_as_json(capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["bench", "--data", "moons"], "Gaussian-mixture preset"),
-    (["bench", "--denoiser-steps", "0"], "invalid count value"),
+    (["bench", "--denoiser-steps", "0"], "argument --denoiser-steps: expected an integer >= 1"),
 ])
 def test_bench_rejects_bad_arguments(argv, needle, capsys):
     assert main(argv) == 2
@@ -136,8 +136,8 @@ def test_train_then_sample_and_field_from_the_checkpoints(tmp_path, capsys):
     assert {p.name for p in model.iterdir()} == {"denoiser.npz", "classifier.npz"}
     assert checkpoint.load(model / "denoiser.npz").config.num_labels == 3
     out = tmp_path / "s.npz"
-    assert main(["sample", "--model", str(model), "--guidance", "classifier", "--scale", "2", "--label", "1",
-                 "-n", "30", "--steps", "10", "--out", str(out)]) == 0
+    assert main(["sample", "--model", str(model), "--data", "three_gaussians", "--guidance", "classifier", "--scale",
+                 "2", "--label", "1", "-n", "30", "--steps", "10", "--out", str(out)]) == 0
     with np.load(out, allow_pickle=False) as f:
         assert f["x"].shape == (30, 2) and np.all(f["y"] == 1)
     assert "mean exact p(y | x0)" in capsys.readouterr().out
@@ -194,13 +194,13 @@ def test_verify_exits_1_when_an_identity_fails(capsys, monkeypatch):
 @pytest.mark.parametrize("argv,needle", [
     (["demo", "--data", "nope"], "--data must be one of"),
     (["demo", "--data", "missing.npz"], "no such file"),
-    (["demo", "--n-per-label", "0"], "invalid count value"),
+    (["demo", "--n-per-label", "0"], "argument --n-per-label: expected an integer >= 1"),
     (["train", "--data", "bad.npz"], "needs arrays x and y"),
     (["train", "--data", "labels.npz"], "y must be"),
-    (["train", "--data", "junk.npz"], "not a readable .npz"),
+    (["train", "--data", "junk.npz"], "--data junk.npz: not an .npz archive"),
     (["sample", "--guidance", "cfg"], "--scale is required"),
     (["sample", "--scale", "2"], "--scale is required"),
-    (["sample", "--guidance", "cfg", "--scale", "nan"], "w must be a finite number"),
+    (["sample", "--guidance", "cfg", "--scale", "nan"], "--scale must be a finite number"),
     (["sample", "--label", "3"], "--label must be in 0..2"),
     (["sample", "--guidance", "cfg", "--scale", "1", "--label", "-1"], "--label must be in 0..2"),
     (["sample", "--data", "moons"], "Gaussian-mixture preset"),
@@ -208,7 +208,7 @@ def test_verify_exits_1_when_an_identity_fails(capsys, monkeypatch):
     (["sample", "--sampler", "euler"], "invalid choice"),
     (["field", "--guidance", "cfg", "--scale", "3"], "--label is required"),
     (["field", "--t", "1001"], "--t must be in 1..1000"),
-    (["field", "--t", "0"], "invalid count value"),
+    (["field", "--t", "0"], "argument --t: expected an integer >= 1"),
     (["verify", "--only", "Z9"], "labels"),
 ])
 def test_new_subcommands_reject_mistakes_in_one_line(argv, needle, capsys, tmp_path, monkeypatch):

@@ -4,6 +4,8 @@ The models are useless at this size; the tests check the plumbing: every output 
 metrics.json describes the samples in samples.npz, and mistakes are refused by name. What the
 demo measures at its real budgets is in docs/clip.md and docs/latent.md.
 """
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -19,21 +21,35 @@ TINY = {name: {**opts, "steps": 20} for name, opts in demo_images.BUDGETS.items(
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("images_demo")
-    metrics = demo_images.run(str(out), np.random.default_rng(0), TINY, ws=(0.0, 3.0), n_per_label=2, n_caption=3,
-                              say=lambda line: None)
-    return out, metrics
+    """One run of ``refdiff demo --data images`` on TINY budgets (the command line's options for the
+    denoiser's and the classifier's steps, the rest by patching): two strengths, two samples per
+    class, three per caption. Returns the folder, what demo_images.run returned, stdout and the
+    arguments the command passed to run."""
+    out, calls, returned, stdout = tmp_path_factory.mktemp("images_demo"), [], [], io.StringIO()
+    run = demo_images.run
+
+    def small_run(*args, **kwargs):
+        calls.append((args, kwargs))
+        returned.append(run(*args, **{**kwargs, "ws": (0.0, 3.0), "n_caption": 3}))
+        return returned[-1]
+
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
+        patch.setattr(demo_images, "BUDGETS", TINY)
+        patch.setattr(demo_images, "run", small_run)
+        assert main(["demo", "--data", "images", "--out", str(out), "--n-per-label", "2", "--denoiser-steps", "20",
+                     "--classifier-steps", "20", "-q"]) == 0
+    return out, returned[0], stdout.getvalue(), calls
 
 
 def test_every_output_is_written_and_no_temporary_file_is_left(demo):
-    out, _ = demo
+    out, _, _, _ = demo
     assert {p.name for p in out.iterdir()} == {"metrics.json", "samples.npz", "guidance_grid.png", "captions.png"}
     for name in ("guidance_grid.png", "captions.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_metrics_describe_the_saved_samples(demo):
-    out, returned = demo
+    out, returned, _, _ = demo
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(returned))  # the file is what run returned
     assert set(metrics["train_seconds"]) == set(metrics["final_loss"]) == set(demo_images.BUDGETS)
@@ -52,7 +68,7 @@ def test_metrics_describe_the_saved_samples(demo):
 
 
 def test_caption_rows_cover_every_caption_rule_and_scale(demo):
-    _, metrics = demo
+    _, metrics, _, _ = demo
     keys = [(r["caption"], r["rule"], r["scale"]) for r in metrics["captions"]]
     assert keys == [(c, rule, s) for c in demo_images.CAPTIONS for rule in ("noise_aware", "x0")
                     for s in (0.0, 1.0, 4.0)]
@@ -61,7 +77,7 @@ def test_caption_rows_cover_every_caption_rule_and_scale(demo):
 
 
 def test_zero_shot_and_autoencoder_figures_are_recorded(demo):
-    _, metrics = demo
+    _, metrics, _, _ = demo
     for name in ("clip_clean", "clip_noise_aware"):
         assert set(metrics["zero_shot"][name]) == {"class", "thickness", "horizontal", "vertical"}
         for accuracy, count in metrics["zero_shot"][name].values():
@@ -76,7 +92,7 @@ def test_zero_shot_and_autoencoder_figures_are_recorded(demo):
 
 
 def test_the_table_names_every_method(demo):
-    _, metrics = demo
+    _, metrics, _, _ = demo
     table = demo_images.format_rows(metrics["rows"])
     assert all(method in table for method in demo_images.METHODS) and len(table.splitlines()) == 2 + 2
 
@@ -88,11 +104,10 @@ def test_bad_budgets_and_methods_are_refused_by_name(tmp_path):
         methods.get("dalle")
 
 
-def test_the_command_line_runs_the_images_demo(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo_images, "BUDGETS", TINY)
-    monkeypatch.setattr(demo_images, "CAPTIONS", demo_images.CAPTIONS[:1])
-    assert main(["demo", "--data", "images", "--out", str(tmp_path / "d"), "--n-per-label", "1",
-                 "--denoiser-steps", "20", "--classifier-steps", "20"]) == 0
-    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
-    assert metrics["data"] == "images" and len(metrics["rows"]) == len(demo_images.METHODS) * len(demo_images.WS)
-    assert "judged accuracy" in capsys.readouterr().out
+def test_the_command_line_runs_the_images_demo(demo):
+    out, metrics, stdout, calls = demo
+    [(args, kwargs)] = calls
+    assert args[0] == str(out) and kwargs == {"n_per_label": 2, "verbose": False}  # --out, --n-per-label, -q
+    assert {name: opts["steps"] for name, opts in args[2].items()} == {name: 20 for name in TINY}  # the step flags
+    assert json.loads((out / "metrics.json").read_text())["data"] == metrics["data"] == "images"
+    assert "judged accuracy" in stdout

@@ -336,7 +336,7 @@ def test_the_plots_label_a_registered_rule_with_its_title(parameter, title):
 def test_the_demo_fields_figure_has_a_panel_for_a_registered_rule(dummy, monkeypatch, tmp_path):
     saved = []
     monkeypatch.setattr(demo, "save_figure", lambda fig, path: saved.append(fig))
-    data = type("Data", (), {"mixture": MIX})()
+    data = type("Data", (), {"mixture": MIX, "name": "three_gaussians"})()
     models = {"denoiser": MIX.eps_model(SCHED), "classifier": MIX.classifier(SCHED)}
     demo._fields_figure(str(tmp_path / "fields.png"), data, models, SCHED, ["cfg", "dummy"], 3.0)
     titles = [ax.get_title() for ax in saved[0].axes if ax.get_title()]

@@ -11,7 +11,6 @@ from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 from matplotlib.contour import ContourSet  # noqa: E402
 from matplotlib.quiver import Quiver  # noqa: E402
-from matplotlib.text import Annotation  # noqa: E402
 
 import toy_data  # noqa: E402
 from refdiff import plot  # noqa: E402
@@ -84,7 +83,7 @@ def test_quiver_draws_the_exact_score(ax, y):
     got = np.stack([q.U, q.V], axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max(),
                                err_msg=f"quiver (U, V) {got[:3]} vs oracle score {want[:3]}")
-    assert ax.get_title() == "t = 300"
+    assert ax.get_title() == "score, t = 300"
     assert ax.get_xlim() == (-lim, lim) and ax.get_ylim() == (-lim, lim) and ax.get_aspect() == 1.0
     assert not any(isinstance(c, ContourSet) for c in ax.collections)
 
@@ -216,8 +215,11 @@ def test_fidelity_diversity_one_line_per_method_ordered_by_w(ax, sweep):
         half = [s[1, 1] - s[0, 1] for s in c.lines[2][0].get_segments()]
         # (f + se) - (f - se) with f <= 1: each end rounded to half an ulp of 1, so atol 1e-15
         np.testing.assert_allclose(half, [2 * r["fidelity_se"] for r in mine], rtol=0, atol=1e-15)
-    notes = [a for a in ax.texts if isinstance(a, Annotation)]
-    assert len(notes) == len(rows) and sorted({a.get_text() for a in notes}) == ["w=0", "w=1", "w=3"]
+    # each point's marker is coloured by its w: the index of w among the sweep's strengths
+    points = [c for c in ax.collections if isinstance(c, PathCollection)]
+    for c, dots in zip(containers, points):
+        np.testing.assert_array_equal(dots.get_offsets(), c.lines[0].get_xydata())
+        np.testing.assert_array_equal(dots.get_array(), np.arange(len(WS)))
     assert ax.get_xlabel() == "per-class spread (M8)" and ax.get_ylabel() == "mean exact p(y | x0) (M7)"
     assert len(ax.get_legend().get_texts()) == len(METHODS)
     # the two methods told apart by line style (on exact models their points coincide, (G5))

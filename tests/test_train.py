@@ -4,7 +4,10 @@ here and on problems with known answers; training runs judged against the Gaussi
 (loss decrease, determinism, conditioning dropout, the noisy classifier); progress output; and
 every ValueError."""
 import inspect
+import io
 import itertools
+import sys
+import re
 import math
 
 import autograd.numpy as anp
@@ -309,30 +312,80 @@ def test_noisy_classifier_learns():
 
 
 # ---- progress output -----------------------------------------------------------------------
+class Stream(io.StringIO):
+    """A stderr stand-in that says whether it is a terminal."""
+
+    def __init__(self, tty):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def ticking(*times):
+    """A clock for Progress that returns ``times`` in turn, then the last one forever."""
+    clock = itertools.chain(times, itertools.repeat(times[-1]))
+    return lambda: next(clock)
+
+
 @pytest.mark.parametrize("verbose", [True, False])
-def test_progress_line(capsys, verbose):
+def test_training_writes_one_progress_line_on_a_terminal(monkeypatch, capsys, verbose):
+    err = Stream(tty=True)
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(Progress, "TTY_SECONDS", 0.0)  # every step is due, whatever the machine's speed
     train_denoiser(X0, Y, SCHED, rng(0), **(TINY_RUN | {"steps": 3, "verbose": verbose}))
-    out, err = capsys.readouterr()
-    assert out == ""
+    assert capsys.readouterr().out == ""
+    text = err.getvalue()
     if not verbose:
-        assert err == "", err
+        assert text == "", text
         return
-    assert err.endswith("\n") and err.count("\n") == 1, repr(err)
-    for word in ("step 3/3", "loss", "steps/s", "ETA"):
-        assert word in err, (word, err)
+    assert text.endswith("\n") and text.count("\n") == 1, repr(text)  # one line, rewritten in place
+    last = text.rstrip("\n").split("\r")[-1]
+    assert re.fullmatch(r"train denoiser: 3/3 steps  loss \d+\.\d{4}  \S+ steps/s  in \d+s\s*", last), last
 
 
-def test_progress_rewrites_its_line_at_most_four_times_a_second(capsys, monkeypatch):
-    clock = itertools.chain([0.0, 0.1, 0.3, 0.4], itertools.repeat(0.45))
-    monkeypatch.setattr(refdiff.train.time, "perf_counter", lambda: next(clock))
-    progress = Progress("demo", 10, True)                      # reads the clock at 0.0
-    for step in (1, 2, 3, 10):                                 # at 0.1, 0.3, 0.4 and 0.45
-        progress.update(step, 0.5)
-    progress.close()
-    err = capsys.readouterr().err
-    # Written at 0.3 (0.25 s after the start) and at the last step; not at 0.1 or 0.4.
-    assert err.count("\r") == 2 and "step 2/10" in err and "step 10/10" in err and err.endswith("\n"), repr(err)
+def test_a_terminal_line_is_rewritten_at_most_every_quarter_second():
+    out = Stream(tty=True)
+    progress = Progress("ddim", 10, verb="sample", stream=out, clock=ticking(0.0, 0.1, 0.3, 0.4, 2.0, 2.0))
+    for note in ("a", "b", "c"):  # at 0.1 (too soon), 0.3 (written), 0.4 (too soon)
+        progress.update(note=note)
+    progress.update(10)           # at 2.0: written
+    progress.close()              # at 2.0: the final state, then the newline
+    lines = out.getvalue().split("\r")[1:]
+    assert [line.split("  ")[0] for line in lines] == ["sample ddim: 2/10 steps", "sample ddim: 10/10 steps",
+                                                      "sample ddim: 10/10 steps"], lines
+    # 2 steps in 0.3 s: 6.7 steps/s, 8 to go: ETA 1.2 s, rounded to 1s; the last lines: 5 steps/s, done in 2s
+    assert lines[0].rstrip() == "sample ddim: 2/10 steps  b  6.7 steps/s  ETA 1s", lines[0]
+    assert lines[2].endswith("\n") and lines[2].rstrip() == "sample ddim: 10/10 steps  5 steps/s  in 2s", lines[2]
+    assert len(lines[0]) <= len(lines[1]) and lines[1].endswith(" "), lines  # a shorter line blanks the rest
 
+
+def test_a_log_gets_a_plain_line_every_ten_seconds_and_the_last_one():
+    out = Stream(tty=False)
+    times = [0.0, *np.arange(1, 26) * 1.0, 25.0]  # one step a second, then close
+    with Progress("denoiser", 25, stream=out, clock=ticking(*times)) as progress:
+        for k in range(1, 26):
+            progress.update(k, f"loss {1 / k:.4f}")
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == 3, lines  # at 10 s, at 20 s, at close
+    assert lines[0] == "train denoiser: 10/25 steps  loss 0.1000  1 steps/s  ETA 15s", lines
+    assert lines[2] == "train denoiser: 25/25 steps  loss 0.0400  1 steps/s  in 25s", lines
+
+
+def test_a_short_stage_or_a_quiet_one_writes_nothing():
+    for tty, enabled, times in ((False, True, (0.0, 9.9)), (True, False, (0.0, 100.0)), (True, True, (0.0, 0.2))):
+        out = Stream(tty)
+        with Progress("x", 5, enabled, stream=out, clock=ticking(*times)) as progress:
+            for _ in range(5):
+                progress.update()
+        assert out.getvalue() == "", (tty, enabled, out.getvalue())
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (59.4, "59s"), (59.6, "1m00s"), (185, "3m05s"),
+                                           (3599.4, "59m59s"), (3725, "1h02m"), (90000, "25h00m")])
+def test_durations_read_as_a_person_writes_them(seconds, text):
+    assert refdiff.train._duration(seconds) == text
 
 
 def test_on_step_sees_every_step_and_loss():
