@@ -1,4 +1,5 @@
 """The refdiff command: listings, output files, one-line errors with exit status 2."""
+import functools
 import subprocess
 import sys
 
@@ -53,9 +54,14 @@ def test_console_script_is_installed_and_exits_2_on_a_mistake():
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
-def test_bench_prints_every_figure_as_json(capsys):
+def test_bench_prints_every_figure_as_json(capsys, monkeypatch):
     # A tiny budget: the figures' values are not judged here (refdiff bench is a benchmark), only
-    # that every one the issue names is there, finite where numeric, and the ratios consistent.
+    # that every one the issue names is there, finite where numeric, and the ratios consistent;
+    # so the timed batches are small too (tests/test_bench.py checks each timing function).
+    from refdiff import bench
+    for name, sizes in (("_threads", {"steps": 3, "n_predict": 500}), ("_oracle_speed", {"n": 2000}),
+                        ("_sampling_speed", {"n": 500})):
+        monkeypatch.setattr(bench, name, functools.partial(getattr(bench, name), **sizes))
     assert main(["bench", "--json", "--denoiser-steps", "25", "--classifier-steps", "25", "--n-eval", "500",
                  "--n-samples", "200"]) == 0
     import json
