@@ -221,12 +221,12 @@ def run_demo(args):
 
     Train a denoiser (with label dropout) and a noisy classifier on 2D data, sample every
     guidance method they can run (classifier guidance and CFG) over a sweep of strengths, and
-    write figures, metrics.json and samples.npz to --out. About 12 s, also with another process
-    busy on one of 2 cores. With --data images: on the tiny images, pixel CFG, classifier
-    guidance, CLIP guidance and latent CFG side by side, and captions steering the unconditional
-    model (about 85 s; guidance_grid.png,
-    captions.png, metrics.json, samples.npz); there --denoiser-steps and --classifier-steps
-    override the pixel models' budgets.
+    write figures, metrics.json and samples.npz to --out: 10-20 s on 2 cores with another
+    process busy on one (the README says on which machines). With --data images: on the tiny
+    images, pixel CFG, classifier guidance, CLIP guidance and latent CFG side by side, and
+    captions steering the unconditional model (guidance_grid.png, captions.png, metrics.json,
+    samples.npz; 1.5-2.5 minutes); there --denoiser-steps and --classifier-steps override the
+    pixel models' budgets.
     """
     if args.data == IMAGES:
         from . import demo_images
