@@ -23,11 +23,12 @@ from .npz import make_folder, save_npz_atomic, write_atomic
 from .samplers import ddim
 from .schedule import Schedule
 from .sweep import data_measures, format_table, mixture_measures, scale_sweep
-from .train import CLASSIFIER_DEMO, DENOISER_DEMO, train_classifier, train_denoiser
+from .train import CLASSIFIER_DEMO, DENOISER_DEMO, Progress, train_classifier, train_denoiser
 
 WS = (0.0, 0.5, 1.0, 3.0, 6.0)
 FIELD_T = 200        # the level of the vector-field panels: noise std sqrt(1 - alpha_bar) ~ 0.6
 FIELD_W = 3.0        # the strength of the guided panels and of the trajectories
+SWEEP_STEPS = 50     # DDIM steps of the sweep (scale_sweep's default sampler)
 
 
 def run(data, out_dir, rng, den_opts=DENOISER_DEMO, clf_opts=CLASSIFIER_DEMO, ws=WS, n_per_label=300,
@@ -39,7 +40,8 @@ def run(data, out_dir, rng, den_opts=DENOISER_DEMO, clf_opts=CLASSIFIER_DEMO, ws
     data : datasets.Data with 2D points
     out_dir : folder for the outputs (created if missing)
     rng : numpy.random.Generator; ws : strengths w (classifier guidance at s = 1 + w)
-    say : callable(str) told of each step; verbose : a progress line on stderr while training (train.Progress)
+    say : callable(str) told of each step; verbose : a progress line on stderr while training and
+        sampling (train.Progress)
     """
     as_count(n_per_label, "n_per_label", low=1)
     if data.x.shape[1] != 2:
@@ -57,8 +59,8 @@ def run(data, out_dir, rng, den_opts=DENOISER_DEMO, clf_opts=CLASSIFIER_DEMO, ws
                else data_measures(data.x, data.y, data.num_labels))
     models = {"denoiser": den, "classifier": clf}
     say(f"sampling {len(y)} points for each of {len(methods.available(models))} methods x {len(ws)} strengths "
-        "(DDIM-50)")
-    rows, samples = scale_sweep(models, sched, y, ws, x_T, measure)
+        f"(DDIM-{SWEEP_STEPS})")
+    rows, samples = _sweep(models, sched, y, ws, x_T, measure, verbose)
     metrics = {"data": data.name, "train_seconds": train_seconds, "n_per_label": n_per_label, "rows": rows}
     save_json(metrics, os.path.join(out_dir, "metrics.json"))
     save_npz_atomic(os.path.join(out_dir, "samples.npz"), y=y,
@@ -68,6 +70,16 @@ def run(data, out_dir, rng, den_opts=DENOISER_DEMO, clf_opts=CLASSIFIER_DEMO, ws
     say(format_table(rows))
     say(f"wrote metrics.json, samples.npz and the figures to {out_dir} ({time.perf_counter() - start:.0f} s)")
     return metrics
+
+
+def _sweep(models, sched, y, ws, x_T, measure, verbose):
+    """``sweep.scale_sweep`` of every method the models can run, by DDIM-SWEEP_STEPS, with a
+    progress line over all its steps (``verbose``)."""
+    names = methods.available(models)
+    with Progress("guidance sweep", len(names) * len(ws) * SWEEP_STEPS, verbose, verb="sample") as progress:
+        step = lambda *_: progress.update()
+        return scale_sweep(models, sched, y, ws, x_T, measure, names,
+                           sample=lambda eps_fn, x: ddim(eps_fn, sched, x, SWEEP_STEPS, callback=step))
 
 
 def _figures(out_dir, data, models, sched, samples, y, x_T, rows, ws):

@@ -50,6 +50,8 @@ RUNS = {
     "sample a model": (["sample", "--model", "{model}", "--guidance", "cfg", "--scale", "1", "-n", "20", "--steps",
                         "2", "--out", "{tmp}/s.npz"], [r"sample ddim: 2/2 steps"]),
     "verify": (["verify", "--only", "G5", "C3"], [r"verify identities: 2/2 checks  G5"]),
+    "demo": (["demo", "--out", "{tmp}/d", "--denoiser-steps", "3", "--classifier-steps", "2", "--n-per-label", "4"],
+             [r"train denoiser: 3/3 steps", r"train classifier: 2/2 steps", r"sample guidance sweep: 500/500 steps"]),
     "train": (["train", "--out", "{tmp}/m", "--denoiser-steps", "3", "--classifier-steps", "2"],
               [r"train denoiser: 3/3 steps  loss \d", r"train classifier: 2/2 steps  loss \d"]),
 }
