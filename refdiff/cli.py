@@ -380,7 +380,8 @@ def run_sample(args):
     """Draw guided or unguided samples from a checkpoint or the oracle.
 
     Sample with DDIM or DDPM from trained models (--model) or, without --model, from the exact
-    models of the --data preset; write x and the requested labels y to --out.
+    models of the --data preset; write x, the requested labels y and the settings (a line of
+    text, which refdiff plot puts in its title) to --out.
     """
     eps_fn, sched, labels, mixture, dim = _guided(args, args.n)
     rng = np.random.default_rng(args.seed)
@@ -391,7 +392,9 @@ def run_sample(args):
         x = (ddim(eps_fn, sched, x_T, total, callback=step) if args.sampler == "ddim"
              else ddpm(eps_fn, sched, x_T, rng, steps=args.steps, callback=step))
     y = np.full(args.n, NULL_LABEL) if labels is None else labels
-    save_npz_atomic(args.out, x=x, y=y)
+    source, guidance = _settings(args)
+    settings = f"{source}; {guidance}; {args.sampler.upper()}-{total}; seed {args.seed}"
+    save_npz_atomic(args.out, x=x, y=y, settings=np.array(settings))
     report = f"wrote {args.n} samples to {args.out}"
     if labels is not None:
         spread = class_spread(x, labels, int(labels.max()) + 1)
@@ -446,14 +449,22 @@ def _field_title(args, label, mixture):
     """The settings of refdiff field as its figure's title: the models (and the contours' preset),
     the field and t, the guidance with its strength's convention (plot.CONVENTIONS), the label."""
     from . import plot
-    source = f"model {args.model}" if args.model else f"the oracle of {args.data or ORACLE_DATA}"
+    source, guidance = _settings(args)
     contours = f"; contours: the exact density of {args.data}" if args.model and mixture is not None else ""
     target = "unconditional" if label is None else f"label {label}"
+    title = f"the {args.what} of {source} at t = {args.t}{contours}\n"
     if args.guidance == "none":
-        return f"the {args.what} of {source} at t = {args.t}{contours}\nno guidance, {target}"
+        return title + f"{guidance}, {target}"
+    return title + f"{guidance} toward {target}\n{plot.CONVENTIONS[methods.get(args.guidance).parameter]}"
+
+
+def _settings(args):
+    """What sample and field ran on, in words: (the models, the guidance and its strength)."""
+    source = f"model {args.model}" if args.model else f"the oracle of {args.data or ORACLE_DATA}"
+    if args.guidance == "none":
+        return source, "no guidance"
     method = methods.get(args.guidance)
-    return (f"the {args.what} of {source} at t = {args.t}{contours}\n{method.label} {method.parameter} = "
-            f"{args.scale:g} toward {target}\n{plot.CONVENTIONS[method.parameter]}")
+    return source, f"{method.label} {method.parameter} = {args.scale:g}"
 
 
 def _png_output(path):
@@ -473,7 +484,7 @@ def run_plot(args):
 
     Read x (N, 2) and the requested labels y (N,; -1 for an unconditional row) from SAMPLES and
     write a PNG (--out): the points in their labels' colours with a legend, axis labels, and a
-    title saying what the file holds.
+    title saying what the file holds and the settings refdiff sample recorded in it.
     """
     from matplotlib.figure import Figure
 
@@ -492,7 +503,9 @@ def run_plot(args):
         raise ValueError(f"{args.samples}: {err}") from None
     labels, counts = np.unique(arrays["y"], return_counts=True)
     held = ", ".join(f"{'unconditional' if k == NULL_LABEL else f'y = {k}'}: {c}" for k, c in zip(labels, counts))
-    ax.set_title(f"{os.path.basename(args.samples)}: {len(arrays['x'])} samples in 2D\n{held}", fontsize="medium")
+    settings = f"\n{arrays['settings']}" if arrays.get("settings", np.zeros(0)).dtype.kind == "U" else ""
+    ax.set_title(f"{os.path.basename(args.samples)}: {len(arrays['x'])} samples in 2D{settings}\n{held}",
+                 fontsize="medium")
     save_figure(fig, out)
     print(f"wrote {out}")
     return 0

@@ -168,6 +168,7 @@ def test_sample_from_the_oracle_is_the_library_call(tmp_path):
     with np.load(out, allow_pickle=False) as f:
         np.testing.assert_array_equal(f["x"], want)
         np.testing.assert_array_equal(f["y"], y)
+        assert str(f["settings"]) == "the oracle of three_overlapping; CFG w = 2; DDIM-50; seed 5"
 
 
 def test_sample_unconditional_and_with_ddpm(tmp_path):

@@ -344,6 +344,18 @@ def test_plot_figure(monkeypatch, tmp_path):
     assert_readable(fig)
 
 
+def test_plot_titles_the_settings_sample_recorded(monkeypatch, tmp_path, capsys):
+    saved = saved_by(demo, monkeypatch)
+    assert main(["sample", "--guidance", "classifier", "--scale", "4", "--label", "1", "--sampler", "ddpm", "--steps",
+                 "20", "-n", "30", "--seed", "3", "--out", str(tmp_path / "s.npz"), "-q"]) == 0
+    assert main(["plot", str(tmp_path / "s.npz")]) == 0  # --out defaults to SAMPLES with .png
+    (ax,) = saved["s.png"].axes
+    assert ax.get_title() == ("s.npz: 30 samples in 2D\nthe oracle of three_gaussians; classifier guidance s = 4; "
+                              "DDPM-20; seed 3\ny = 1: 30")
+    assert legend_texts(ax.get_legend()) == ["y = 1"]
+    assert_readable(saved["s.png"])
+
+
 # ---- docs/theory_figure.py ---------------------------------------------------------------------
 
 def test_theory_figure(monkeypatch, capsys):
