@@ -20,7 +20,7 @@ from . import __version__, bench, checkpoint, datasets, methods, runtime
 from .labels import NULL_LABEL
 from .metrics import class_spread, fidelity
 from .npz import check_output, make_folder, save_npz_atomic, temp_target
-from .samplers import ddim, ddpm
+from .samplers import ddim, ddpm, dpmpp_2m, euler_ancestral
 from .schedule import Schedule
 from .train import (CLASSIFIER_2D, CLASSIFIER_DEMO, CLASSIFIER_IMAGES_SMALL, DENOISER_2D, DENOISER_DEMO,
                     DENOISER_IMAGES_SMALL, Progress, budget, train_classifier, train_denoiser)
@@ -36,6 +36,15 @@ LIBRARY_NAMES = {"w": "scale", "s": "scale"}
 STRENGTH_RESULTS = ("eps", "x")
 FIELD_RESULT = "field_fn's"  # plot.field_on_grid's name for the field, not finite when --lim (or --scale) is too large
 SIZES = ("n", "n_per_label", "n_eval", "n_samples")  # the options that set how many samples are made
+# refdiff sample --sampler NAME: its display name, and the call (eps_fn, sched, x_T, steps or None, rng,
+# callback) of refdiff.samplers (steps None: every timestep for DDPM, 50 for the others).
+SAMPLERS = {
+    "ddim": ("DDIM", lambda f, sched, x, k, rng, cb: ddim(f, sched, x, k or 50, callback=cb)),
+    "ddpm": ("DDPM", lambda f, sched, x, k, rng, cb: ddpm(f, sched, x, rng, steps=k, callback=cb)),
+    "euler_ancestral": ("Euler ancestral", lambda f, sched, x, k, rng, cb: euler_ancestral(
+        f, sched, x, k or 50, rng=rng, callback=cb)),
+    "dpmpp_2m": ("DPM-Solver++(2M)", lambda f, sched, x, k, rng, cb: dpmpp_2m(f, sched, x, k or 50, callback=cb)),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -370,8 +379,9 @@ def _refuse_overwriting(outputs, inputs):
 
 def sample_options(parser):
     _model_options(parser)
-    parser.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default ddim)")
-    parser.add_argument("--steps", type=count, help="sampling steps (default: 50 for ddim, every step for ddpm)")
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim",
+                        help="sampler (default ddim; docs/samplers.md, (D1), (D2), (D7), (D8))")
+    parser.add_argument("--steps", type=count, help="sampling steps (default: every step for ddpm, 50 for the others)")
     parser.add_argument("-n", type=count, default=1000, help="number of samples (default 1000)")
     parser.add_argument("--out", default="samples.npz", help="output .npz (default samples.npz)")
 
@@ -386,14 +396,13 @@ def run_sample(args):
     eps_fn, sched, labels, mixture, dim = _guided(args, args.n)
     rng = np.random.default_rng(args.seed)
     x_T = rng.standard_normal((args.n, dim))
-    total = args.steps or (50 if args.sampler == "ddim" else sched.T)
+    name, sample = SAMPLERS[args.sampler]
+    total = args.steps or (sched.T if args.sampler == "ddpm" else 50)
     with Progress(args.sampler, total, not args.quiet, verb="sample") as progress:
-        step = lambda t, x, eps: progress.update()
-        x = (ddim(eps_fn, sched, x_T, total, callback=step) if args.sampler == "ddim"
-             else ddpm(eps_fn, sched, x_T, rng, steps=args.steps, callback=step))
+        x = sample(eps_fn, sched, x_T, args.steps, rng, lambda t, x, eps: progress.update())
     y = np.full(args.n, NULL_LABEL) if labels is None else labels
     source, guidance = _settings(args)
-    settings = f"{source}; {guidance}; {args.sampler.upper()}-{total}; seed {args.seed}"
+    settings = f"{source}; {guidance}; {name}, {total} steps; seed {args.seed}"
     save_npz_atomic(args.out, x=x, y=y, settings=np.array(settings))
     report = f"wrote {args.n} samples to {args.out}"
     if labels is not None:

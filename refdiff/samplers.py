@@ -1,4 +1,5 @@
-"""Samplers: DDPM ancestral sampling, DDIM and the probability-flow ODE (docs/samplers.md).
+"""Samplers: DDPM ancestral sampling, DDIM, the probability-flow ODE, Euler ancestral and
+DPM-Solver++(2M) (docs/samplers.md).
 
 Every sampler takes a plain ``eps_fn(x, t) -> eps`` (a model with guidance already applied, or
 ``lambda x, t: eps_model(x, t, y)``) and never knows about labels or guidance. They share one
@@ -138,25 +139,102 @@ def ddim(eps_fn, sched, x_T, steps, *, eta=0.0, spacing=None, rng=None, return_p
     needs no rng; eta = 1 with every timestep has sigma^2 = beta_tilde, DDPM's posterior
     variance (eq. (D3)). ``steps``: a step count or integer timesteps (``sampling_grid``).
     """
-    eta = as_real(eta, "eta", low=0)
-    if eta > 0:
-        check_rng(rng)
-    else:
-        _check_unused_rng(rng)
+    eta = _checked_eta(eta, rng)
     x = as_points(x_T, "x_T")
     ts = sampling_grid(sched, steps, spacing, discrete=True)
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
-        tt = np.full(x.shape[0], t)
         a, a_prev = sched.alpha_bar[t], sched.alpha_bar[t_prev]
         sigma = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))  # (D2), DDIM eq. 16
         if sigma ** 2 > 1 - a_prev:
             raise ValueError(f"eta = {eta} is too large: sigma^2 exceeds 1 - alpha_bar_prev at t = {t}")
         eps = _call(eps_fn, x, t)
-        x0 = eps_to_x0(sched, x, tt, eps)  # (C1) x0_hat = (x - sqrt(1 - a) eps) / sqrt(a)
-        x_new = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma ** 2) * eps  # (D2), DDIM eq. 12
-        if sigma > 0:  # (D2) + sigma z, one draw per noise-injecting step
-            x_new = x_new + sigma * rng.standard_normal(x.shape, dtype=x.dtype)
+        x = _step_done(_ddim_update(sched, x, t, t_prev, eps, sigma, rng), t, eps, path, return_path, callback)
+    return (x, np.stack(path)) if return_path else x
+
+
+def _ddim_update(sched, x, t, t_prev, eps, sigma, rng):
+    """One step of (D2) from integer timestep t to t_prev with the noise level sigma (a draw of z only if sigma > 0)."""
+    a_prev = sched.alpha_bar[t_prev]
+    x0 = eps_to_x0(sched, x, np.full(x.shape[0], t), eps)  # (C1) x0_hat = (x - sqrt(1 - a) eps) / sqrt(a)
+    x_new = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma ** 2) * eps  # (D2), DDIM eq. 12
+    if sigma > 0:  # (D2) + sigma z, one draw per noise-injecting step
+        x_new = x_new + sigma * rng.standard_normal(x.shape, dtype=x.dtype)
+    return x_new.astype(x.dtype)
+
+
+def euler_ancestral(eps_fn, sched, x_T, steps, *, eta=1.0, spacing=None, rng=None, return_path=False,
+                    callback=None):
+    """Euler ancestral sampling, k-diffusion's ``sample_euler_ancestral`` (eq. (D7)).
+
+    In Karras et al.'s variables x~ = x / sqrt(a), sigma = sqrt((1 - a) / a) (eq. (D4)), each step
+    splits the move to sigma_prev into a deterministic Euler step to sigma_down and fresh noise of
+    standard deviation sigma_up:
+
+        sigma_up = min(sigma_prev, eta sqrt(sigma_prev^2 (sigma^2 - sigma_prev^2) / sigma^2)),
+        sigma_down = sqrt(sigma_prev^2 - sigma_up^2),
+        x~_prev = x~ + (sigma_down - sigma) eps + sigma_up z.
+
+    Back in x this is DDIM's step (D2) with the noise level sqrt(a_prev) sigma_up, which equals
+    DDIM's eta-sigma (DDIM eq. 16) for eta <= 1: Euler ancestral is DDIM with the same eta
+    (docs/samplers.md, (D7)). It is computed so, by the same update as ``ddim``: with eta = 0 it
+    is ``ddim`` bit for bit, and it draws no noise. It steps between integer timesteps
+    (``sampling_grid`` with discrete=True), the last step to t = 0 returning x0_hat.
+
+    Parameters
+    ----------
+    eps_fn : callable (x (N, D), t (N,) ints) -> eps (N, D); sched : Schedule; x_T : array (N, D)
+    steps, spacing : the grid (``sampling_grid``); eta : float >= 0 (k-diffusion's default 1);
+    rng : numpy.random.Generator, needed when eta > 0
+    """
+    eta = _checked_eta(eta, rng)
+    x = as_points(x_T, "x_T")
+    ts = sampling_grid(sched, steps, spacing, discrete=True)
+    path = [x]
+    for t, t_prev in zip(ts, np.append(ts[1:], 0)):
+        s, s_prev = sched.sigma_at(t), sched.sigma_at(t_prev)
+        s_up = min(s_prev, eta * np.sqrt(s_prev ** 2 * (s ** 2 - s_prev ** 2) / s ** 2))  # (D7)
+        eps = _call(eps_fn, x, t)
+        sigma = np.sqrt(sched.alpha_bar[t_prev]) * s_up  # (D7) the noise of x~ carried back to x
+        x = _step_done(_ddim_update(sched, x, t, t_prev, eps, sigma, rng), t, eps, path, return_path, callback)
+    return (x, np.stack(path)) if return_path else x
+
+
+def dpmpp_2m(eps_fn, sched, x_T, steps, *, spacing=None, rng=None, return_path=False, callback=None):
+    """DPM-Solver++(2M), Lu et al. (2022b) Algorithm 2, in data prediction (eq. (D8)).
+
+    With alpha = sqrt(a), sigma = sqrt(1 - a), lambda = log(alpha / sigma) and h = lambda_prev - lambda,
+    each step moves along the exact solution of the probability-flow ODE for a data prediction D
+    held fixed over the step:
+
+        x_prev = (sigma_prev / sigma) x - alpha_prev (exp(-h) - 1) D,
+
+    with D = x0_hat (C1) on the first step (first order: this is DDIM's step exactly in exact
+    arithmetic) and on every later step the second-order extrapolation
+    D = (1 + 1 / (2 r)) x0_hat - 1 / (2 r) x0_hat_last, r = h_last / h. The step to t = 0 returns
+    that step's x0_hat (sigma_prev = 0), as k-diffusion's ``sample_dpmpp_2m`` does (no
+    ``lower_order_final``). Times may be real (``sampling_grid``); one eps evaluation a step.
+
+    Parameters
+    ----------
+    eps_fn : callable (x (N, D), t (N,)) -> eps (N, D); sched : Schedule with alpha_bar_T > 0;
+    x_T : array (N, D); steps, spacing : the grid; rng : unused (no noise), for the signature
+    """
+    _check_unused_rng(rng)
+    x = as_points(x_T, "x_T")
+    ts = sampling_grid(sched, steps, spacing)
+    path, d_last, h_last = [x], None, None
+    for t, t_prev in zip(ts, np.append(ts[1:], 0)):
+        a, a_prev = float(sched.alpha_bar_at(t)), float(sched.alpha_bar_at(t_prev))  # exact at integers (S6)
+        eps = _call(eps_fn, x, t)
+        d = (x - np.sqrt(1 - a) * eps) / np.sqrt(a)  # (C1) x0_hat, the data prediction
+        if t_prev == 0:  # (D8) sigma_prev = 0: the step returns the data prediction
+            x = _step_done(d.astype(x.dtype), t, eps, path, return_path, callback)
+            break
+        h = np.log(sched.sigma_at(t) / sched.sigma_at(t_prev))  # lambda_prev - lambda, lambda = -log sigma~
+        d_step = d if d_last is None else (1 + h / (2 * h_last)) * d - h / (2 * h_last) * d_last  # (D8), r = h_last / h
+        x_new = np.sqrt((1 - a_prev) / (1 - a)) * x - np.sqrt(a_prev) * np.expm1(-h) * d_step  # (D8)
+        d_last, h_last = d, h
         x = _step_done(x_new.astype(x.dtype), t, eps, path, return_path, callback)
     return (x, np.stack(path)) if return_path else x
 
@@ -292,6 +370,16 @@ def model_time(sched, sigma):
     to [1, T] (models are defined for t >= 1), against the solver's and the bisection's round-off."""
     as_real(sigma, "sigma", low=0)
     return float(np.clip(sched.t_of_sigma(min(sigma, float(sched.sigma_at(sched.T)))), 1.0, sched.T))
+
+
+def _checked_eta(eta, rng):
+    """eta as a float >= 0, and rng checked: a Generator when eta > 0 draws noise, else unused."""
+    eta = as_real(eta, "eta", low=0)
+    if eta > 0:
+        check_rng(rng)
+    else:
+        _check_unused_rng(rng)
+    return eta
 
 
 def _check_unused_rng(rng):

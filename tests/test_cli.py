@@ -168,7 +168,7 @@ def test_sample_from_the_oracle_is_the_library_call(tmp_path):
     with np.load(out, allow_pickle=False) as f:
         np.testing.assert_array_equal(f["x"], want)
         np.testing.assert_array_equal(f["y"], y)
-        assert str(f["settings"]) == "the oracle of three_overlapping; CFG w = 2; DDIM-50; seed 5"
+        assert str(f["settings"]) == "the oracle of three_overlapping; CFG w = 2; DDIM, 50 steps; seed 5"
 
 
 def test_sample_unconditional_and_with_ddpm(tmp_path):
@@ -176,6 +176,24 @@ def test_sample_unconditional_and_with_ddpm(tmp_path):
     assert main(["sample", "--label", "-1", "--sampler", "ddpm", "--steps", "20", "-n", "10", "--out", str(out)]) == 0
     with np.load(out, allow_pickle=False) as f:
         assert f["x"].shape == (10, 2) and np.all(f["y"] == -1)
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m"])
+def test_sample_with_the_newer_samplers_is_the_library_call(sampler, tmp_path):
+    # refdiff sample --sampler NAME --steps K is refdiff.samplers.NAME on the same eps_fn, x_T and rng
+    from refdiff import samplers
+    from refdiff.guidance import classifier_free_guidance
+    from refdiff.schedule import Schedule
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--guidance", "cfg", "--scale", "1", "--sampler", sampler, "--steps", "12", "-n", "30",
+                 "--seed", "2", "--out", str(out), "-q"]) == 0
+    mix, sched, rng = toy_data.mixture("three_gaussians"), Schedule.linear(1000), np.random.default_rng(2)
+    eps_fn = classifier_free_guidance(mix.eps_model(sched), np.arange(30) % 3, 1.0)
+    x_T = rng.standard_normal((30, 2))
+    want = getattr(samplers, sampler)(eps_fn, sched, x_T, 12, **({"rng": rng} if sampler == "euler_ancestral" else {}))
+    with np.load(out, allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["x"], want)
+        assert str(f["settings"]).endswith(", 12 steps; seed 2")
 
 
 def test_field_from_the_oracle(tmp_path):

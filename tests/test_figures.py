@@ -351,7 +351,7 @@ def test_plot_titles_the_settings_sample_recorded(monkeypatch, tmp_path, capsys)
     assert main(["plot", str(tmp_path / "s.npz")]) == 0  # --out defaults to SAMPLES with .png
     (ax,) = saved["s.png"].axes
     assert ax.get_title() == ("s.npz: 30 samples in 2D\nthe oracle of three_gaussians; classifier guidance s = 4; "
-                              "DDPM-20; seed 3\ny = 1: 30")
+                              "DDPM, 20 steps; seed 3\ny = 1: 30")
     assert legend_texts(ax.get_legend()) == ["y = 1"]
     assert_readable(saved["s.png"])
 
