@@ -1,5 +1,6 @@
-"""Samplers: DDPM ancestral sampling, DDIM, the probability-flow ODE, Euler ancestral and
-DPM-Solver++(2M) (docs/samplers.md).
+"""Samplers: DDPM ancestral sampling, DDIM, the probability-flow ODE, Euler ancestral,
+DPM-Solver++(2M) and DDIM inversion, and the thresholding of x0_hat as eps_fn wrappers
+(docs/samplers.md).
 
 Every sampler takes a plain ``eps_fn(x, t) -> eps`` (a model with guidance already applied, or
 ``lambda x, t: eps_model(x, t, y)``) and never knows about labels or guidance. They share one
@@ -24,7 +25,7 @@ trajectory can be replayed anywhere from the same draws (docs/samplers.md, "Nois
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from .arrays import as_count, as_points, as_real, check_rng, is_real
+from .arrays import alpha_bar_of, as_count, as_points, as_real, as_times, check_rng, is_real
 from .process import column, eps_to_x0, p_mean
 from .schedule import SPACINGS
 
@@ -278,6 +279,91 @@ def ode(eps_fn, sched, x_T, steps, method="euler", *, spacing=None, rng=None, re
             x_new = np.sqrt(a_prev) * (x_tilde + (s_prev - s) * eps)
         x = _step_done(x_new.astype(x.dtype), t, eps, path, return_path, callback)
     return (x, np.stack(path)) if return_path else x
+
+
+def ddim_invert(eps_fn, sched, x0, steps, *, spacing=None, rng=None, return_path=False, callback=None):
+    """Deterministic DDIM inversion, x_0 -> x_{t_0}: the grid of ``ddim`` walked upward (eq. (D9)).
+
+    From time s to the next larger grid time t (0 -> t_{S-1} -> ... -> t_0 for the decreasing
+    grid t_0 > ... > t_{S-1} that ``ddim`` takes), with eps = eps_fn(x_s, t) evaluated at the
+    target time, as DDIM's ODE is run backwards in Song et al. (2021), Sec. 4.3, and in diffusers'
+    DDIMInverseScheduler as its DiffEdit pipeline drives it:
+
+        x0_hat = (x_s - sqrt(1 - a_s) eps) / sqrt(a_s),   x_t = sqrt(a_t) x0_hat + sqrt(1 - a_t) eps,
+
+    with a_0 = 1 on the first step (x0_hat = x_0). Each step is exact only where eps does not
+    change between s and t, so ``ddim`` from the result returns x_0 up to an error that shrinks
+    with the step count (docs/samplers.md, (D9)).
+
+    Parameters
+    ----------
+    eps_fn : callable (x (N, D), t (N,) ints) -> eps (N, D); sched : Schedule; x0 : array (N, D)
+    steps, spacing : the grid, as for ``ddim`` (integer timesteps); rng : unused, for the signature
+
+    Returns x at t_0 (N, D); ``callback(s, x, eps)`` and ``return_path`` (x_0 first) as for the others.
+    """
+    _check_unused_rng(rng)
+    x = as_points(x0, "x0")
+    ts = sampling_grid(sched, steps, spacing, discrete=True)[::-1]  # increasing: t_{S-1}, ..., t_0
+    path = [x]
+    for s, t in zip(np.append(0, ts[:-1]), ts):
+        a_s, a_t = sched.alpha_bar[s], sched.alpha_bar[t]  # alpha_bar[0] = 1
+        eps = _call(eps_fn, x, t)
+        x0_hat = (x - np.sqrt(1 - a_s) * eps) / np.sqrt(a_s)  # (C1) at the source time
+        x = _step_done((np.sqrt(a_t) * x0_hat + np.sqrt(1 - a_t) * eps).astype(x.dtype), s, eps, path,
+                       return_path, callback)  # (D9), (P1) at the target time
+    return (x, np.stack(path)) if return_path else x
+
+
+def thresholded(eps_fn, sched, percentile=0.995, max_value=1.0):
+    """Imagen's dynamic thresholding as an eps_fn (Saharia et al. 2022, Sec. 2.3; eq. (D10)).
+
+    Each row's x0_hat (C1) is clipped to [-s, s] and divided by s, where s is the ``percentile``
+    quantile of that row's |x0_hat|, raised to at least 1 and capped at ``max_value`` (diffusers'
+    ``sample_max_value``); the eps returned is the one that gives the thresholded x0_hat ((C2)),
+    so every sampler takes the wrapped eps_fn unchanged. Rows whose |x0_hat| quantile is <= 1 are
+    clipped to [-1, 1] only.
+
+    Parameters
+    ----------
+    eps_fn : callable (x, t) -> eps; sched : Schedule; percentile : float in (0, 1];
+    max_value : float >= 1
+
+    Returns
+    -------
+    callable (x (N, D), t) -> eps (N, D), for integer or real t
+    """
+    percentile = as_real(percentile, "percentile", above=0, high=1)
+    max_value = as_real(max_value, "max_value", low=1)
+
+    def threshold(x0_hat):  # (D10), s per row: shape (N, 1)
+        s = np.clip(np.quantile(np.abs(x0_hat), percentile, axis=1, keepdims=True), 1.0, max_value)
+        return np.clip(x0_hat, -s, s) / s
+
+    return _x0_mapped(eps_fn, sched, threshold)
+
+
+def clipped(eps_fn, sched, low=-1.0, high=1.0):
+    """x0_hat (C1) clipped to [low, high] as an eps_fn (diffusers' ``clip_sample``; eq. (D10)).
+
+    Returns callable (x (N, D), t) -> the eps (C2) that gives the clipped x0_hat.
+    """
+    low, high = as_real(low, "low"), as_real(high, "high")
+    if not low < high:
+        raise ValueError(f"low must be below high, got low = {low:g}, high = {high:g}")
+    return _x0_mapped(eps_fn, sched, lambda x0_hat: np.clip(x0_hat, low, high))
+
+
+def _x0_mapped(eps_fn, sched, transform):
+    """The eps_fn whose x0_hat is ``transform`` of eps_fn's: x0_hat by (C1) at each row's alpha_bar
+    (integer or real t, (S6)), transformed, and turned back into eps by (C2)."""
+    def wrapped(x, t):
+        x = as_points(x, "x")
+        a = alpha_bar_of(sched, as_times(t, x.shape[0], sched.T))[:, None]  # (N, 1)
+        eps = np.asarray(eps_fn(x, t))
+        x0_hat = transform((x - np.sqrt(1 - a) * eps) / np.sqrt(a))  # (C1), then the map
+        return ((x - np.sqrt(a) * x0_hat) / np.sqrt(1 - a)).astype(x.dtype)  # (C2)
+    return wrapped
 
 
 def karras_times(sched, steps, rho=KARRAS_RHO):

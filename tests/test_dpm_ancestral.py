@@ -1,11 +1,14 @@
-"""Euler ancestral (D7) and DPM-Solver++(2M) (D8) in refdiff/samplers.py.
+"""Euler ancestral (D7), DPM-Solver++(2M) (D8), DDIM inversion (D9) and thresholding (D10) in
+refdiff/samplers.py.
 
 Euler ancestral is checked against DDIM, which it equals: bit for bit at eta = 0, to round-off
 with the same draws at eta > 0, and through the identity of the two noise levels (hypothesis).
 DPM-Solver++(2M) is checked against an independent transcription of Lu et al.'s Algorithm 2 in
 Karras et al.'s variables (k-diffusion's form, written here from the paper), against DDIM on
 its first-order first step, and by its convergence order on the exact oracle against an RK45
-solution at rtol 1e-8.
+solution at rtol 1e-8. DDIM inversion is checked step by step on an affine eps and by its
+first-order round trip on the oracle; thresholding by the x0_hat its eps gives (hypothesis) and
+on a mixture inside the box, unguided and at w = 20.
 """
 import numpy as np
 import pytest
@@ -14,7 +17,8 @@ from hypothesis import strategies as st
 
 import toy_data
 from refdiff.guidance import classifier_free_guidance
-from refdiff.samplers import ddim, dpmpp_2m, euler_ancestral, karras_times, ode, ode_adaptive
+from refdiff.samplers import (clipped, ddim, ddim_invert, dpmpp_2m, euler_ancestral, karras_times, ode, ode_adaptive,
+                              thresholded)
 from refdiff.schedule import Schedule
 
 SCHED = Schedule.linear(1000)
@@ -171,3 +175,86 @@ def test_global_error_falls_at_the_solvers_order_on_karras_grids(name, w, refere
     errors = [np.sqrt(np.mean((SAMPLERS[name](fns[w], x_T, karras_times(SCHED, s)) - ref[w]) ** 2)) for s in counts]
     slope = -np.polyfit(np.log(counts), np.log(errors), 1)[0]
     assert abs(slope - ORDERS[name]) < 0.3, (name, w, errors, slope)
+
+
+# ---- (D9) DDIM inversion -----------------------------------------------------------------------
+def test_D9_inverting_then_ddim_returns_x0_with_an_error_falling_at_first_order():
+    x0, y = MIX.sample(300, np.random.default_rng(8))
+    eps_fn = lambda x, t: EPS(x, t, y)
+    counts = np.array([20, 50, 100, 200])
+    errors = [np.sqrt(np.mean((ddim(eps_fn, SCHED, ddim_invert(eps_fn, SCHED, x0, s), s) - x0) ** 2)) for s in counts]
+    slope = -np.polyfit(np.log(counts), np.log(errors), 1)[0]
+    # measured: 0.112, 0.052, 0.028, 0.014 and slope 0.90 (one draw of 300 points; docs/samplers.md, (D9))
+    assert all(np.diff(errors) < 0) and abs(slope - 1) < 0.2 and errors[-1] < 0.02, (errors, slope)
+
+
+def test_D9_each_step_is_c1_at_the_source_and_p1_at_the_target():
+    x0, ts = start(40, seed=9), SCHED.timesteps(5, "leading")
+    seen = []
+    eps_fn = lambda x, t: (seen.append(int(t[0])) or 0.1 * x + 0.05)  # affine: every step checkable by hand
+    x, path = ddim_invert(eps_fn, SCHED, x0, ts, return_path=True)
+    assert seen == list(ts[::-1])  # eps_fn at each target time, the grid walked upward
+    sources, a = np.append(0, ts[::-1][:-1]), SCHED.alpha_bar
+    for k, (s, t) in enumerate(zip(sources, ts[::-1])):
+        eps = 0.1 * path[k] + 0.05
+        want = np.sqrt(a[t]) * (path[k] - np.sqrt(1 - a[s]) * eps) / np.sqrt(a[s]) + np.sqrt(1 - a[t]) * eps
+        np.testing.assert_allclose(path[k + 1], want, rtol=1e-14, atol=1e-14)
+    assert np.array_equal(x, path[-1]) and path.shape == (len(ts) + 1, 40, 2)
+
+
+# ---- (D10) thresholding --------------------------------------------------------------------------
+def boxed_mixture():
+    """Three overlapping labelled Gaussians inside [-1, 1]^2 (std 0.15 about (+-0.3, -0.3) and (0, 0.3);
+    less than 1e-5 of the mass outside), as image data in [-1, 1] is."""
+    from refdiff.oracle import GaussianMixture
+    means = np.array([[-0.3, -0.3], [0.3, -0.3], [0.0, 0.3]])
+    return GaussianMixture(np.ones(3), means, np.tile(0.0225 * np.eye(2), (3, 1, 1)), labels=[0, 1, 2])
+
+
+@given(st.integers(0, 2 ** 32 - 1), st.floats(0.5, 1.0), st.floats(1.0, 5.0), st.integers(1, 999))
+def test_D10_thresholded_eps_gives_the_thresholded_x0(seed, percentile, max_value, t):
+    rng = np.random.default_rng(seed)
+    x, raw = 3 * rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
+    eps = thresholded(lambda x, t: raw, SCHED, percentile, max_value)(x, np.full(6, t))
+    a = SCHED.alpha_bar[t]
+    x0_hat = (x - np.sqrt(1 - a) * raw) / np.sqrt(a)
+    s = np.clip(np.quantile(np.abs(x0_hat), percentile, axis=1, keepdims=True), 1, max_value)
+    got = (x - np.sqrt(1 - a) * eps) / np.sqrt(a)  # the x0_hat the returned eps gives (C1)
+    np.testing.assert_allclose(got, np.clip(x0_hat, -s, s) / s, rtol=1e-9, atol=1e-9 * np.abs(x0_hat).max())
+    assert np.all(np.abs(got) <= 1 + 1e-9)
+
+
+def test_D10_clipped_and_thresholded_take_real_times_and_keep_float32():
+    x = start(5, dtype=np.float32) * 4
+    for wrapped in (clipped(lambda x, t: np.zeros_like(x), SCHED, -1.0, 1.0),
+                    thresholded(lambda x, t: np.zeros_like(x), SCHED)):
+        eps = wrapped(x, np.full(5, 412.5))
+        a = SCHED.alpha_bar_at(412.5)
+        assert eps.dtype == np.float32
+        x0 = (x.astype(np.float64) - np.sqrt(1 - a) * eps) / np.sqrt(a)
+        assert np.abs(x0).max() <= 1 + 1e-5, x0  # x / sqrt(a) clipped into the box
+
+
+def test_D10_inside_the_box_thresholding_changes_nothing_and_at_large_w_it_keeps_samples_in():
+    mix, n = boxed_mixture(), 600
+    eps_model, y, x_T = mix.eps_model(SCHED), np.arange(n) % 3, start(n, seed=10)
+    plain = ddim(classifier_free_guidance(eps_model, y, 0.0), SCHED, x_T, 50)
+    boxed = ddim(thresholded(classifier_free_guidance(eps_model, y, 0.0), SCHED), SCHED, x_T, 50)
+    # unguided, the exact x0_hat stays in the box at every step: nothing moves but round-off
+    # (measured: at most 4e-16)
+    assert np.abs(boxed - plain).max() < 1e-12
+    strong = classifier_free_guidance(eps_model, y, 20.0)
+    assert np.abs(ddim(strong, SCHED, x_T, 50)).max() > 1.1  # CFG at w = 20 throws 5% of the samples out
+    assert np.abs(ddim(thresholded(strong, SCHED), SCHED, x_T, 50)).max() <= 1
+    assert np.abs(ddim(clipped(strong, SCHED), SCHED, x_T, 50)).max() <= 1
+
+
+def test_D9_D10_refuse_bad_arguments():
+    f = lambda x, t: np.zeros_like(x)
+    for call, name in ((lambda: thresholded(f, SCHED, percentile=0.0), "percentile"),
+                       (lambda: thresholded(f, SCHED, max_value=0.5), "max_value"),
+                       (lambda: clipped(f, SCHED, 1.0, -1.0), "low"),
+                       (lambda: ddim_invert(f, SCHED, start(3), 5, rng=3), "rng"),
+                       (lambda: ddim_invert(f, SCHED, start(3), np.array([10.5, 2.0])), "steps")):
+        with pytest.raises(ValueError, match=rf"\b{name}\b"):
+            call()
