@@ -1,6 +1,6 @@
 """Samplers: DDPM ancestral sampling, DDIM, the probability-flow ODE, Euler ancestral,
-DPM-Solver++(2M) and DDIM inversion, and the thresholding of x0_hat as eps_fn wrappers
-(docs/samplers.md).
+DPM-Solver++(2M), Karras et al.'s stochastic sampler and DDIM inversion, and the thresholding of
+x0_hat as eps_fn wrappers (docs/samplers.md).
 
 Every sampler takes a plain ``eps_fn(x, t) -> eps`` (a model with guidance already applied, or
 ``lambda x, t: eps_model(x, t, y)``) and never knows about labels or guidance. They share one
@@ -267,18 +267,76 @@ def ode(eps_fn, sched, x_T, steps, method="euler", *, spacing=None, rng=None, re
     ts = sampling_grid(sched, steps, spacing)
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
-        a, a_prev = float(sched.alpha_bar_at(t)), float(sched.alpha_bar_at(t_prev))  # exact at integers (S6)
-        s, s_prev = float(sched.sigma_at(t)), float(sched.sigma_at(t_prev))
-        x_tilde = x / np.sqrt(a)
-        eps = _call(eps_fn, x, t)
-        # (D4) Euler: x~' = x~ + (sigma_prev - sigma) eps, then x' = sqrt(a_prev) x~'
-        x_new = np.sqrt(a_prev) * (x_tilde + (s_prev - s) * eps)
-        if method == "heun" and t_prev > 0:
-            # (D5) trapezoid corrector with the slope at the Euler prediction
-            eps = 0.5 * (eps + _call(eps_fn, x_new.astype(x.dtype), t_prev))
-            x_new = np.sqrt(a_prev) * (x_tilde + (s_prev - s) * eps)
-        x = _step_done(x_new.astype(x.dtype), t, eps, path, return_path, callback)
+        x_new, eps = _ode_step(eps_fn, sched, x, t, t_prev, method)
+        x = _step_done(x_new, t, eps, path, return_path, callback)
     return (x, np.stack(path)) if return_path else x
+
+
+def _ode_step(eps_fn, sched, x, t, t_prev, method):
+    """One Euler (D4) or Heun (D5) step of the probability-flow ODE from time t to t_prev (Heun's
+    corrector on every step but the one to 0): (x_prev in x's dtype, the eps the step used)."""
+    a, a_prev = float(sched.alpha_bar_at(t)), float(sched.alpha_bar_at(t_prev))  # exact at integers (S6)
+    s, s_prev = float(sched.sigma_at(t)), float(sched.sigma_at(t_prev))
+    x_tilde = x / np.sqrt(a)
+    eps = _call(eps_fn, x, t)
+    # (D4) Euler: x~' = x~ + (sigma_prev - sigma) eps, then x' = sqrt(a_prev) x~'
+    x_new = np.sqrt(a_prev) * (x_tilde + (s_prev - s) * eps)
+    if method == "heun" and t_prev > 0:
+        # (D5) trapezoid corrector with the slope at the Euler prediction
+        eps = 0.5 * (eps + _call(eps_fn, x_new.astype(x.dtype), t_prev))
+        x_new = np.sqrt(a_prev) * (x_tilde + (s_prev - s) * eps)
+    return x_new.astype(x.dtype), eps
+
+
+def edm(eps_fn, sched, x_T, steps, *, s_churn=0.0, s_tmin=0.0, s_tmax=None, s_noise=1.0, spacing=None, rng=None,
+        return_path=False, callback=None):
+    """Karras et al.'s (2022) stochastic sampler, Algorithm 2: Heun steps with churn (eq. (D11)).
+
+    Before the step from sigma = sigma(t), if s_tmin <= sigma <= s_tmax (s_tmax None: no bound),
+    the noise level is raised to sigma_hat = (1 + gamma) sigma, gamma = min(s_churn / S, sqrt(2) - 1)
+    for S steps, by adding fresh noise to x~ = x / sqrt(a):
+
+        x~_hat = x~ + s_noise sqrt(sigma_hat^2 - sigma^2) z,
+
+    and the Heun step of ``ode`` (D5) then goes from t_hat = t(sigma_hat) (S6) to the next time.
+    sigma_hat is capped at sigma(T): a churned time never passes T (so the first step, at T,
+    adds no noise). With s_churn = 0 this is ``ode(method="heun")`` bit for bit, and draws nothing;
+    otherwise one draw per churned step.
+
+    Parameters
+    ----------
+    eps_fn : callable (x (N, D), t (N,) real) -> eps (N, D); sched : Schedule with alpha_bar_T > 0;
+    x_T : array (N, D); steps, spacing : the grid (real times allowed); s_churn, s_tmin : floats >= 0;
+    s_tmax : None or float >= 0; s_noise : float >= 0; rng : numpy.random.Generator when s_churn > 0
+    """
+    s_churn, s_tmin = as_real(s_churn, "s_churn", low=0), as_real(s_tmin, "s_tmin", low=0)
+    s_tmax, s_noise = as_real(s_tmax, "s_tmax", low=0, optional=True), as_real(s_noise, "s_noise", low=0)
+    if s_churn > 0:
+        check_rng(rng)
+    else:
+        _check_unused_rng(rng)
+    x = as_points(x_T, "x_T")
+    ts = sampling_grid(sched, steps, spacing)
+    s_max, path = float(sched.sigma_at(sched.T)), [x]
+    for t, t_prev in zip(ts, np.append(ts[1:], 0)):
+        s = float(sched.sigma_at(t))
+        churned = s_tmin <= s <= (np.inf if s_tmax is None else s_tmax)
+        gamma = min(s_churn / len(ts), np.sqrt(2) - 1) if churned else 0.0  # (D11), Karras et al. Alg. 2
+        s_hat = min(s * (1 + gamma), s_max)
+        if s_hat > s:
+            x, t = _churn(sched, x, t, s, s_hat, s_noise, rng)
+        x_new, eps = _ode_step(eps_fn, sched, x, t, t_prev, "heun")
+        x = _step_done(x_new, t, eps, path, return_path, callback)
+    return (x, np.stack(path)) if return_path else x
+
+
+def _churn(sched, x, t, s, s_hat, s_noise, rng):
+    """(D11) x at time t (sigma s) raised to sigma_hat: x~ + s_noise sqrt(sigma_hat^2 - sigma^2) z with
+    x~ = x / sqrt(a), returned as x at t_hat = t(sigma_hat) with t_hat (one draw of z)."""
+    t_hat = model_time(sched, s_hat)
+    z = rng.standard_normal(x.shape, dtype=x.dtype)
+    x_tilde = x / np.sqrt(float(sched.alpha_bar_at(t))) + s_noise * np.sqrt(s_hat ** 2 - s ** 2) * z
+    return (x_tilde * np.sqrt(float(sched.alpha_bar_at(t_hat)))).astype(x.dtype), t_hat
 
 
 def ddim_invert(eps_fn, sched, x0, steps, *, spacing=None, rng=None, return_path=False, callback=None):
