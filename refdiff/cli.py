@@ -20,7 +20,7 @@ from . import __version__, bench, checkpoint, datasets, methods, runtime
 from .labels import NULL_LABEL
 from .metrics import class_spread, fidelity
 from .npz import check_output, make_folder, save_npz_atomic, temp_target
-from .samplers import ddim, ddpm, dpmpp_2m, euler_ancestral
+from .samplers import ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, edm, euler_ancestral
 from .schedule import Schedule
 from .train import (CLASSIFIER_2D, CLASSIFIER_DEMO, CLASSIFIER_IMAGES_SMALL, DENOISER_2D, DENOISER_DEMO,
                     DENOISER_IMAGES_SMALL, Progress, budget, train_classifier, train_denoiser)
@@ -44,6 +44,11 @@ SAMPLERS = {
     "euler_ancestral": ("Euler ancestral", lambda f, sched, x, k, rng, cb: euler_ancestral(
         f, sched, x, k or 50, rng=rng, callback=cb)),
     "dpmpp_2m": ("DPM-Solver++(2M)", lambda f, sched, x, k, rng, cb: dpmpp_2m(f, sched, x, k or 50, callback=cb)),
+    "dpmpp_2s": ("DPM-Solver++(2S)", lambda f, sched, x, k, rng, cb: dpmpp_2s(f, sched, x, k or 50, callback=cb)),
+    "dpmpp_2m_sde": ("DPM-Solver++(2M) SDE", lambda f, sched, x, k, rng, cb: dpmpp_2m_sde(
+        f, sched, x, k or 50, rng=rng, callback=cb)),
+    "edm": ("Heun (Karras et al.'s sampler without churn)", lambda f, sched, x, k, rng, cb: edm(
+        f, sched, x, k or 50, callback=cb)),
 }
 
 
@@ -380,7 +385,7 @@ def _refuse_overwriting(outputs, inputs):
 def sample_options(parser):
     _model_options(parser)
     parser.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim",
-                        help="sampler (default ddim; docs/samplers.md, (D1), (D2), (D7), (D8))")
+                        help="sampler (default ddim; docs/samplers.md, (D1), (D2), (D7), (D8), (D11)-(D13))")
     parser.add_argument("--steps", type=count, help="sampling steps (default: every step for ddpm, 50 for the others)")
     parser.add_argument("-n", type=count, default=1000, help="number of samples (default 1000)")
     parser.add_argument("--out", default="samples.npz", help="output .npz (default samples.npz)")

@@ -1,5 +1,5 @@
 """Samplers: DDPM ancestral sampling, DDIM, the probability-flow ODE, Euler ancestral,
-DPM-Solver++(2M), Karras et al.'s stochastic sampler and DDIM inversion, and the thresholding of
+DPM-Solver++(2M), (2S) and (2M) SDE, Karras et al.'s stochastic sampler and DDIM inversion, and the thresholding of
 x0_hat as eps_fn wrappers (docs/samplers.md).
 
 Every sampler takes a plain ``eps_fn(x, t) -> eps`` (a model with guidance already applied, or
@@ -46,7 +46,7 @@ def sampling_grid(sched, steps, spacing=None, discrete=False):
         (``karras_times``, eq. (D6)); only with an int ``steps``
     discrete : True for samplers that step between integer timesteps: whole-valued floats become
         int64, other reals are refused, and "karras" gives the integer timesteps nearest Karras
-        et al.'s grid, repeats dropped (diffusers rounds its Karras timesteps the same way)
+        et al.'s grid, repeats dropped (diffusers' DPMSolverMultistepScheduler rounds them so, keeping repeats)
 
     Returns
     -------
@@ -269,6 +269,82 @@ def ode(eps_fn, sched, x_T, steps, method="euler", *, spacing=None, rng=None, re
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         x_new, eps = _ode_step(eps_fn, sched, x, t, t_prev, method)
         x = _step_done(x_new, t, eps, path, return_path, callback)
+    return (x, np.stack(path)) if return_path else x
+
+
+def dpmpp_2s(eps_fn, sched, x_T, steps, *, spacing=None, rng=None, return_path=False, callback=None):
+    """DPM-Solver++(2S), Lu et al. (2022b) Algorithm 1 with the midpoint r = 1/2 (eq. (D12)).
+
+    In Karras et al.'s variables x~ = x / sqrt(a), sigma~ = sqrt((1 - a) / a), lambda = -log sigma~,
+    D = x~ - sigma~ eps (the data prediction x0_hat, (C1)) and h = lambda_prev - lambda: a
+    first-order step to the midpoint sigma_mid = sqrt(sigma~ sigma~_prev) (lambda + h / 2), a second
+    model call there, and the step from x~ with the midpoint's data prediction:
+
+        x~_mid = (sigma_mid / sigma~) x~ - (exp(-h / 2) - 1) D,
+        x~_prev = (sigma~_prev / sigma~) x~ - (exp(-h) - 1) D_mid,
+
+    the model called at t_mid = t(sigma_mid) (S6). The step to t = 0 returns D, as k-diffusion's
+    ``sample_dpmpp_2s_ancestral`` with eta = 0 does. Two eps evaluations a step but the last.
+
+    Parameters as for ``dpmpp_2m``; ``callback`` gets the eps of the step's first call.
+    """
+    _check_unused_rng(rng)
+    x = as_points(x_T, "x_T")
+    ts = sampling_grid(sched, steps, spacing)
+    path = [x]
+    for t, t_prev in zip(ts, np.append(ts[1:], 0)):
+        a, s = float(sched.alpha_bar_at(t)), float(sched.sigma_at(t))
+        x_tilde, eps = x / np.sqrt(a), _call(eps_fn, x, t)
+        d = x_tilde - s * eps  # (C1) in x~: the data prediction
+        if t_prev > 0:
+            s_prev = float(sched.sigma_at(t_prev))
+            s_mid, h = np.sqrt(s * s_prev), np.log(s / s_prev)  # (D12) lambda + h / 2
+            t_mid = model_time(sched, s_mid)
+            x_mid = (s_mid / s) * x_tilde - np.expm1(-h / 2) * d  # (D12) first order to the midpoint
+            a_mid = float(sched.alpha_bar_at(t_mid))
+            d_mid = x_mid - s_mid * _call(eps_fn, (x_mid * np.sqrt(a_mid)).astype(x.dtype), t_mid)
+            d = np.sqrt(float(sched.alpha_bar_at(t_prev))) * ((s_prev / s) * x_tilde - np.expm1(-h) * d_mid)  # (D12)
+        x = _step_done(d.astype(x.dtype), t, eps, path, return_path, callback)  # at t_prev = 0: D itself
+    return (x, np.stack(path)) if return_path else x
+
+
+def dpmpp_2m_sde(eps_fn, sched, x_T, steps, *, eta=1.0, spacing=None, rng=None, return_path=False, callback=None):
+    """DPM-Solver++(2M) SDE, Lu et al. (2022b) Sec. 4 with the midpoint correction (eq. (D13)).
+
+    In the variables of ``dpmpp_2s`` with D the step's data prediction, D_last the previous step's,
+    r = h_last / h and eta_h = eta h:
+
+        x~_prev = (sigma~_prev / sigma~) exp(-eta_h) x~ - (exp(-h - eta_h) - 1) D
+                  - (exp(-h - eta_h) - 1) (D - D_last) / (2 r)      (from the second step on)
+                  + sigma~_prev sqrt(1 - exp(-2 eta_h)) z,
+
+    k-diffusion's ``sample_dpmpp_2m_sde`` with solver_type "midpoint". eta = 0 is ``dpmpp_2m``
+    (D8) in exact arithmetic and draws nothing; the step to t = 0 returns D. One draw per step but
+    the last when eta > 0.
+
+    Parameters as for ``dpmpp_2m``, and eta : float >= 0; rng : numpy.random.Generator when eta > 0
+    """
+    eta = _checked_eta(eta, rng)
+    x = as_points(x_T, "x_T")
+    ts = sampling_grid(sched, steps, spacing)
+    path, d_last, h_last = [x], None, None
+    for t, t_prev in zip(ts, np.append(ts[1:], 0)):
+        a, s = float(sched.alpha_bar_at(t)), float(sched.sigma_at(t))
+        x_tilde, eps = x / np.sqrt(a), _call(eps_fn, x, t)
+        d = x_tilde - s * eps  # (C1) in x~
+        if t_prev == 0:  # the step to 0 returns the data prediction
+            x = _step_done(d.astype(x.dtype), t, eps, path, return_path, callback)
+            break
+        s_prev = float(sched.sigma_at(t_prev))
+        h = np.log(s / s_prev)
+        x_new = (s_prev / s) * np.exp(-eta * h) * x_tilde - np.expm1(-h - eta * h) * d  # (D13)
+        if d_last is not None:  # (D13) the midpoint correction, r = h_last / h
+            x_new = x_new - np.expm1(-h - eta * h) * (d - d_last) * h / (2 * h_last)
+        if eta > 0:  # (D13) + sigma~_prev sqrt(1 - exp(-2 eta h)) z
+            x_new = x_new + s_prev * np.sqrt(-np.expm1(-2 * eta * h)) * rng.standard_normal(x.shape, dtype=x.dtype)
+        d_last, h_last = d, h
+        x = _step_done((np.sqrt(float(sched.alpha_bar_at(t_prev))) * x_new).astype(x.dtype), t, eps, path,
+                       return_path, callback)
     return (x, np.stack(path)) if return_path else x
 
 

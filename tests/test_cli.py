@@ -178,7 +178,7 @@ def test_sample_unconditional_and_with_ddpm(tmp_path):
         assert f["x"].shape == (10, 2) and np.all(f["y"] == -1)
 
 
-@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m"])
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m", "dpmpp_2s", "dpmpp_2m_sde", "edm"])
 def test_sample_with_the_newer_samplers_is_the_library_call(sampler, tmp_path):
     # refdiff sample --sampler NAME --steps K is refdiff.samplers.NAME on the same eps_fn, x_T and rng
     from refdiff import samplers
@@ -190,7 +190,8 @@ def test_sample_with_the_newer_samplers_is_the_library_call(sampler, tmp_path):
     mix, sched, rng = toy_data.mixture("three_gaussians"), Schedule.linear(1000), np.random.default_rng(2)
     eps_fn = classifier_free_guidance(mix.eps_model(sched), np.arange(30) % 3, 1.0)
     x_T = rng.standard_normal((30, 2))
-    want = getattr(samplers, sampler)(eps_fn, sched, x_T, 12, **({"rng": rng} if sampler == "euler_ancestral" else {}))
+    noisy = sampler in ("euler_ancestral", "dpmpp_2m_sde")
+    want = getattr(samplers, sampler)(eps_fn, sched, x_T, 12, **({"rng": rng} if noisy else {}))
     with np.load(out, allow_pickle=False) as f:
         np.testing.assert_array_equal(f["x"], want)
         assert str(f["settings"]).endswith(", 12 steps; seed 2")

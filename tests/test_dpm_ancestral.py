@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 import toy_data
 from refdiff.guidance import classifier_free_guidance
-from refdiff.samplers import (clipped, ddim, ddim_invert, dpmpp_2m, edm, euler_ancestral, karras_times, ode, ode_adaptive,
-                              thresholded)
+from refdiff.samplers import (clipped, ddim, ddim_invert, dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, edm, euler_ancestral,
+                              karras_times, model_time, ode, ode_adaptive, thresholded)
 from refdiff.schedule import Schedule
 
 SCHED = Schedule.linear(1000)
@@ -152,8 +152,8 @@ def test_dpmpp_2m_keeps_float32_and_refuses_a_bad_rng():
 
 # ---- convergence order on the exact oracle -------------------------------------------------------
 SAMPLERS = {"euler": lambda f, x, g: ode(f, SCHED, x, g), "heun": lambda f, x, g: ode(f, SCHED, x, g, "heun"),
-            "dpmpp_2m": lambda f, x, g: dpmpp_2m(f, SCHED, x, g)}
-ORDERS = {"euler": 1, "heun": 2, "dpmpp_2m": 2}
+            "dpmpp_2m": lambda f, x, g: dpmpp_2m(f, SCHED, x, g), "dpmpp_2s": lambda f, x, g: dpmpp_2s(f, SCHED, x, g)}
+ORDERS = {"euler": 1, "heun": 2, "dpmpp_2m": 2, "dpmpp_2s": 2}
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,8 @@ def reference():
 def test_global_error_falls_at_the_solvers_order_on_karras_grids(name, w, reference):
     # Every grid ends at t = 1, where all three (and the reference) take the same x0_hat step, so
     # the error is the path's. Slopes fitted over 40..160 steps; measured on this x_T: Euler 0.99 and
-    # 1.01, Heun 2.06 and 2.20, DPM-Solver++(2M) 2.09 and 2.20 (w = 0, 3), as on docs/samplers.md's.
+    # 1.01, Heun 2.06 and 2.20, DPM-Solver++(2M) 2.09 and 2.20, (2S) 1.99 and 2.01 (w = 0, 3), as on
+    # docs/samplers.md's.
     x_T, fns, ref = reference
     counts = np.array([40, 80, 160])
     errors = [np.sqrt(np.mean((SAMPLERS[name](fns[w], x_T, karras_times(SCHED, s)) - ref[w]) ** 2)) for s in counts]
@@ -308,3 +309,69 @@ def test_D11_edm_refuses_bad_arguments():
                          ({"s_tmax": -2.0}, "s_tmax"), ({"s_noise": float("nan")}, "s_noise")):
         with pytest.raises(ValueError, match=rf"\b{name}\b"):
             edm(f, SCHED, start(3), 5, **kwargs)
+
+
+# ---- (D12) DPM-Solver++(2S) and (D13) DPM-Solver++(2M) SDE ---------------------------------------
+def test_D12_dpmpp_2s_calls_the_model_at_the_midpoint_in_lambda():
+    ts, times = karras_times(SCHED, 6), []
+    dpmpp_2s(lambda x, t: (times.append(float(t[0])) or EPS(x, t)), SCHED, start(20, seed=13), ts)
+    mids = [model_time(SCHED, np.sqrt(SCHED.sigma_at(t) * SCHED.sigma_at(t_prev))) for t, t_prev in zip(ts, ts[1:])]
+    want = [v for pair in zip(ts[:-1], mids) for v in pair] + [ts[-1]]  # two calls a step, one on the last
+    np.testing.assert_allclose(times, want, rtol=1e-12)
+
+
+def test_D12_dpmpp_2s_one_step_is_x0_hat_and_float32_stays():
+    x_T = start(30, seed=14)
+    np.testing.assert_allclose(dpmpp_2s(conditional(30), SCHED, x_T, 1), ddim(conditional(30), SCHED, x_T, 1),
+                               rtol=0, atol=1e-13)
+    assert dpmpp_2s(conditional(30), SCHED, x_T.astype(np.float32), 8).dtype == np.float32
+
+
+@pytest.mark.parametrize("w", [0.0, 3.0])
+def test_D13_dpmpp_2m_sde_at_eta_0_is_dpmpp_2m(w):
+    y, x_T, ts = np.arange(100) % 3, start(100, seed=15), karras_times(SCHED, 20)
+    eps_fn = classifier_free_guidance(EPS, y, w)
+    # the same arithmetic regrouped: measured 1.8e-15 and 3.1e-15 over 20 steps
+    np.testing.assert_allclose(dpmpp_2m_sde(eps_fn, SCHED, x_T, ts, eta=0.0), dpmpp_2m(eps_fn, SCHED, x_T, ts),
+                               rtol=0, atol=1e-12)
+
+
+def test_D13_dpmpp_2m_sde_samples_the_data_drawing_once_per_step_but_the_last():
+    # 30 Karras steps at eta = 1 pass the two-sample test against 2000 true points (measured p = 0.57)
+    from refdiff.metrics import two_sample_test
+    rng = CountingGenerator(1)
+    x = dpmpp_2m_sde(lambda x, t: EPS(x, t), SCHED, start(2000, seed=0), karras_times(SCHED, 30), rng=rng)
+    assert rng.draws == [((2000, 2), np.dtype(np.float64))] * 29
+    assert two_sample_test(x, MIX.sample(2000, np.random.default_rng(5))[0], np.random.default_rng(2)).passed
+
+
+def test_D12_D13_refuse_bad_arguments():
+    f = lambda x, t: np.zeros_like(x)
+    for call, name in ((lambda: dpmpp_2m_sde(f, SCHED, start(3), 5, eta=-1.0), "eta"),
+                       (lambda: dpmpp_2m_sde(f, SCHED, start(3), 5), "rng"),
+                       (lambda: dpmpp_2s(f, SCHED, start(3), 5, rng=1), "rng")):
+        with pytest.raises(ValueError, match=rf"\b{name}\b"):
+            call()
+
+
+def test_D13_each_step_is_the_stated_formula():
+    # (D13) replayed on an affine eps with the same draws: D = x~ - sigma~ eps, and every coefficient
+    # (the decay exp(-eta h), the midpoint correction, the noise sigma~_prev sqrt(1 - exp(-2 eta h))).
+    ts, eta, x_T = karras_times(SCHED, 8), 0.7, start(25, seed=16)
+    eps_fn = lambda x, t: 0.3 * x - 0.1
+    got = dpmpp_2m_sde(eps_fn, SCHED, x_T, ts, eta=eta, rng=np.random.default_rng(17))
+    replay, x, d_last, h_last = np.random.default_rng(17), x_T / np.sqrt(SCHED.alpha_bar_at(ts[0])), None, None
+    for t, t_prev in zip(ts, np.append(ts[1:], 0)):
+        s = SCHED.sigma_at(t)
+        d = x - s * eps_fn(x * np.sqrt(SCHED.alpha_bar_at(t)), t)
+        if t_prev == 0:
+            x = d
+            break
+        s_prev = SCHED.sigma_at(t_prev)
+        h = np.log(s) - np.log(s_prev)
+        new = s_prev / s * np.exp(-eta * h) * x + (1 - np.exp(-h - eta * h)) * d
+        if d_last is not None:
+            new += 0.5 * (1 - np.exp(-h - eta * h)) * (h / h_last) * (d - d_last)
+        x = new + s_prev * np.sqrt(1 - np.exp(-2 * eta * h)) * replay.standard_normal(x.shape)
+        d_last, h_last = d, h
+    np.testing.assert_allclose(got, x, rtol=1e-10, atol=1e-10)

@@ -229,6 +229,7 @@ def test_diffusers_ddim_trailing_targets():
 def test_diffusers_trailing_arange_can_give_one_timestep_too_many():
     # Mutation caught: diffusers_trailing_arange keeping only the first S values (as refdiff's
     # Schedule.timesteps does): the length is then 61 and the last k 15.
+    assert np.arange(1000, 0, -1000 / 61)[-1] == pytest.approx(-5.7e-13, rel=0.01)  # past the stop, by round-off
     k = diffusers_trailing_arange(1000, 61)
     assert k.size == 62 and k[-1] == -1 and k[-2] == 15
     ts = LINEAR.timesteps(61, "trailing")
