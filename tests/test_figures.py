@@ -379,3 +379,27 @@ def test_theory_figure(monkeypatch, capsys):
     for needle in ("p(x) = N(0, 1)", f"p(x | y) = N({module.MU:g}, {module.V:g})", CONVENTION_W):
         assert needle in fig.get_suptitle(), (needle, fig.get_suptitle())
     assert_readable(fig)
+
+
+# ---- docs/measure_orders.py --------------------------------------------------------------------
+
+def test_sampler_orders_figure(monkeypatch):
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "measure_orders.py")
+    spec = importlib.util.spec_from_file_location("measure_orders", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    saved = saved_by(module, monkeypatch)
+    counts = np.array(module.COUNTS, dtype=float)
+    found = {(name, w): list(0.1 * (k + 1) * counts ** -(1 + (k > 0))) for w in (0.0, 3.0)
+             for k, name in enumerate(module.SAMPLERS)}  # the figure's data, made up: the test is of the drawing
+    module.figure(found, "sampler_orders.png")
+    fig = saved["sampler_orders.png"]
+    (legend,) = fig.legends
+    assert legend_texts(legend) == list(module.SAMPLERS) + ["slope -1", "slope -2"]
+    assert [ax.get_title() for ax in fig.axes] == ["unguided", "CFG w = 3"]
+    for ax in fig.axes:
+        assert ax.get_xscale() == ax.get_yscale() == "log" and ax.get_xlabel() and ax.get_ylabel()
+        for name, line in zip(module.SAMPLERS, ax.get_lines()):
+            assert list(line.get_ydata()) == found[name, 0.0 if ax.get_title() == "unguided" else 3.0]
+    assert "three_gaussians" in fig.get_suptitle() and CONVENTION_W in fig.get_suptitle()
+    assert_readable(fig)
