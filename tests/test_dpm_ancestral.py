@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import toy_data
+from refdiff.oracle import GaussianMixture
 from refdiff.guidance import classifier_free_guidance
 from refdiff.samplers import (clipped, ddim, ddim_invert, dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, edm, euler_ancestral,
                               karras_times, model_time, ode, ode_adaptive, thresholded)
@@ -375,3 +376,66 @@ def test_D13_each_step_is_the_stated_formula():
         x = new + s_prev * np.sqrt(1 - np.exp(-2 * eta * h)) * replay.standard_normal(x.shape)
         d_last, h_last = d, h
     np.testing.assert_allclose(got, x, rtol=1e-10, atol=1e-10)
+
+
+# ---- what the deterministic samplers sample on Gaussian data, exactly ----------------------------
+GAUSS = GaussianMixture([1.0], [[0.7, -1.2]], [[[0.3, 0.12], [0.12, 0.08]]])
+
+
+def eps_coefficients(a, lam, m):
+    """eps*(x) = e1 x + e0 in one eigen-direction of data N(m, lam): sqrt(1 - a) (x - sqrt(a) m) / (a lam + 1 - a)."""
+    e1 = np.sqrt(1 - a) / (a * lam + 1 - a)
+    return e1, -e1 * np.sqrt(a) * m
+
+
+def x0_hat(c, d, a, lam, m):
+    """The data prediction (C1) of x = c z + d, again as (coefficient of z, constant)."""
+    e1, e0 = eps_coefficients(a, lam, m)
+    return (1 - np.sqrt(1 - a) * e1) * c / np.sqrt(a), ((1 - np.sqrt(1 - a) * e1) * d - np.sqrt(1 - a) * e0) / np.sqrt(a)
+
+
+def exact_dpmpp_2m(ts, lam, m):
+    """x_0 = c z + d per direction after (D8) from x_T = z, written from the formula: (c, d)."""
+    abar, sig = SCHED.alpha_bar_at, lambda t: np.sqrt((1 - SCHED.alpha_bar_at(t)) / SCHED.alpha_bar_at(t))
+    c, d, last, h_last = np.ones_like(m), np.zeros_like(m), None, None
+    for t, t_prev in zip(ts, list(ts[1:]) + [0]):
+        D = x0_hat(c, d, abar(t), lam, m)
+        if t_prev == 0:
+            return D
+        h = np.log(sig(t) / sig(t_prev))
+        step = D if last is None else tuple((1 + h / (2 * h_last)) * u - h / (2 * h_last) * v for u, v in zip(D, last))
+        k = np.sqrt((1 - abar(t_prev)) / (1 - abar(t)))
+        c, d = (k * c - np.sqrt(abar(t_prev)) * np.expm1(-h) * step[0], k * d - np.sqrt(abar(t_prev)) * np.expm1(-h) * step[1])
+        last, h_last = D, h
+
+
+def exact_dpmpp_2s(ts, lam, m):
+    """x_0 = c z + d per direction after (D12) from x_T = z (in x~ = x / sqrt(a)): (c, d)."""
+    abar, sig = SCHED.alpha_bar_at, lambda t: np.sqrt((1 - SCHED.alpha_bar_at(t)) / SCHED.alpha_bar_at(t))
+    c, d = np.ones_like(m) / np.sqrt(abar(ts[0])), np.zeros_like(m)  # x~_T
+    for t, t_prev in zip(ts, list(ts[1:]) + [0]):
+        D = x0_hat(c * np.sqrt(abar(t)), d * np.sqrt(abar(t)), abar(t), lam, m)  # D = x~ - sigma~ eps
+        if t_prev == 0:
+            return D
+        s, s_prev = sig(t), sig(t_prev)
+        s_mid, h = np.sqrt(s * s_prev), np.log(s / s_prev)
+        t_mid = model_time(SCHED, s_mid)
+        mid = ((s_mid / s) * c - np.expm1(-h / 2) * D[0], (s_mid / s) * d - np.expm1(-h / 2) * D[1])
+        D_mid = x0_hat(mid[0] * np.sqrt(abar(t_mid)), mid[1] * np.sqrt(abar(t_mid)), abar(t_mid), lam, m)
+        c, d = (s_prev / s) * c - np.expm1(-h) * D_mid[0], (s_prev / s) * d - np.expm1(-h) * D_mid[1]
+
+
+@pytest.mark.parametrize("exact, sampler", [(exact_dpmpp_2m, dpmpp_2m), (exact_dpmpp_2s, dpmpp_2s)])
+@pytest.mark.parametrize("grid", ["karras", "trailing", "reals"])
+def test_deterministic_samplers_are_the_affine_map_of_the_docs_on_gaussian_data(exact, sampler, grid):
+    # With the exact eps of N(mean, cov) every step is affine in x, so x_0 = U (c * (U^T x_T) + d)
+    # with (c, d) from the scalar recursion per eigen-direction: the sampler's law is exactly
+    # N(U d, U diag(c^2) U^T), and each sample is checked against its image to round-off.
+    ts = {"karras": karras_times(SCHED, 12), "trailing": SCHED.timesteps(12, "trailing"),
+          "reals": np.linspace(990.5, 1.5, 12)}[grid]
+    lam, U = np.linalg.eigh(GAUSS.covs[0])
+    c, d = exact(ts, lam, U.T @ GAUSS.means[0])
+    x_T = start(500, seed=18)
+    got = sampler(lambda x, t: GAUSS.eps_model(SCHED)(x, t), SCHED, x_T, ts)
+    want = (x_T @ U * c + d) @ U.T
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
