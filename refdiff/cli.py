@@ -20,7 +20,7 @@ from . import __version__, bench, checkpoint, datasets, methods, runtime
 from .labels import NULL_LABEL
 from .metrics import class_spread, fidelity
 from .npz import check_output, make_folder, save_npz_atomic, temp_target
-from .samplers import ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, dpmpp_2s, edm, euler_ancestral
+from .samplers import SAMPLERS
 from .schedule import Schedule
 from .train import (CLASSIFIER_2D, CLASSIFIER_DEMO, CLASSIFIER_IMAGES_SMALL, DENOISER_2D, DENOISER_DEMO,
                     DENOISER_IMAGES_SMALL, Progress, budget, train_classifier, train_denoiser)
@@ -36,20 +36,6 @@ LIBRARY_NAMES = {"w": "scale", "s": "scale"}
 STRENGTH_RESULTS = ("eps", "x")
 FIELD_RESULT = "field_fn's"  # plot.field_on_grid's name for the field, not finite when --lim (or --scale) is too large
 SIZES = ("n", "n_per_label", "n_eval", "n_samples")  # the options that set how many samples are made
-# refdiff sample --sampler NAME: its display name, and the call (eps_fn, sched, x_T, steps or None, rng,
-# callback) of refdiff.samplers (steps None: every timestep for DDPM, 50 for the others).
-SAMPLERS = {
-    "ddim": ("DDIM", lambda f, sched, x, k, rng, cb: ddim(f, sched, x, k or 50, callback=cb)),
-    "ddpm": ("DDPM", lambda f, sched, x, k, rng, cb: ddpm(f, sched, x, rng, steps=k, callback=cb)),
-    "euler_ancestral": ("Euler ancestral", lambda f, sched, x, k, rng, cb: euler_ancestral(
-        f, sched, x, k or 50, rng=rng, callback=cb)),
-    "dpmpp_2m": ("DPM-Solver++(2M)", lambda f, sched, x, k, rng, cb: dpmpp_2m(f, sched, x, k or 50, callback=cb)),
-    "dpmpp_2s": ("DPM-Solver++(2S)", lambda f, sched, x, k, rng, cb: dpmpp_2s(f, sched, x, k or 50, callback=cb)),
-    "dpmpp_2m_sde": ("DPM-Solver++(2M) SDE", lambda f, sched, x, k, rng, cb: dpmpp_2m_sde(
-        f, sched, x, k or 50, rng=rng, callback=cb)),
-    "edm": ("Heun (Karras et al.'s sampler without churn)", lambda f, sched, x, k, rng, cb: edm(
-        f, sched, x, k or 50, callback=cb)),
-}
 
 
 class _Parser(argparse.ArgumentParser):

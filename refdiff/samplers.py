@@ -623,3 +623,21 @@ def _step_done(x, t, eps, path, return_path, callback):
     if callback is not None:
         callback(t, x, eps)
     return x
+
+
+# ---- the samplers by name ------------------------------------------------------------------------
+# For refdiff sample --sampler NAME and sweep.scale_sweep(sample=NAME): each sampler's display name
+# and a call (eps_fn, sched, x_T, steps or None, rng, callback) -> x_0, steps None meaning every
+# timestep for DDPM and 50 steps for the others; rng is read only by the stochastic ones.
+SAMPLERS = {
+    "ddim": ("DDIM", lambda f, sched, x, k, rng, cb: ddim(f, sched, x, k or 50, callback=cb)),
+    "ddpm": ("DDPM", lambda f, sched, x, k, rng, cb: ddpm(f, sched, x, rng, steps=k, callback=cb)),
+    "euler_ancestral": ("Euler ancestral", lambda f, sched, x, k, rng, cb: euler_ancestral(
+        f, sched, x, k or 50, rng=rng, callback=cb)),
+    "dpmpp_2m": ("DPM-Solver++(2M)", lambda f, sched, x, k, rng, cb: dpmpp_2m(f, sched, x, k or 50, callback=cb)),
+    "dpmpp_2s": ("DPM-Solver++(2S)", lambda f, sched, x, k, rng, cb: dpmpp_2s(f, sched, x, k or 50, callback=cb)),
+    "dpmpp_2m_sde": ("DPM-Solver++(2M) SDE", lambda f, sched, x, k, rng, cb: dpmpp_2m_sde(
+        f, sched, x, k or 50, rng=rng, callback=cb)),
+    "edm": ("Heun (Karras et al.'s sampler without churn)", lambda f, sched, x, k, rng, cb: edm(
+        f, sched, x, k or 50, callback=cb)),
+}

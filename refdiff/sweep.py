@@ -12,7 +12,7 @@ from toy_data import images
 from . import methods as registry
 from .arrays import as_count, check_rng
 from .metrics import class_spread, energy_distance, fidelity
-from .samplers import ddim
+from .samplers import SAMPLERS
 
 
 def guided_eps_fn(method, w, models, sched, y):
@@ -33,9 +33,10 @@ def scale_sweep(models, sched, y, ws, x_T, measure, methods=None, sample=None):
     x_T : array (N, D), the common starting noise
     measure : callable (x, y) -> dict of floats, e.g. ``mixture_measures(...)``
     methods : names of registered methods; default every one that ``models`` can run
-    sample : callable (eps_fn, x_T) -> x, the sampler; default DDIM with 50 steps (eta = 0). A
-        stochastic sampler should draw its noise from a fresh generator with one seed per call, so
-        that every run sees the same noise too.
+    sample : callable (eps_fn, x_T) -> x, or the name of a sampler of ``samplers.SAMPLERS`` (at its
+        default steps; a stochastic one draws from ``numpy.random.default_rng(0)`` anew at every
+        call); default "ddim", DDIM with 50 steps (eta = 0). A stochastic callable should draw its
+        noise from a fresh generator with one seed per call, so that every run sees the same noise too.
 
     Returns
     -------
@@ -45,8 +46,8 @@ def scale_sweep(models, sched, y, ws, x_T, measure, methods=None, sample=None):
     """
     if methods is None:
         methods = registry.available(name for name, model in models.items() if model is not None)
-    if sample is None:
-        sample = lambda eps_fn, x: ddim(eps_fn, sched, x, 50)
+    if sample is None or isinstance(sample, str):
+        sample = _named_sample("ddim" if sample is None else sample, sched)
     rows, samples = [], {}
     for method in methods:
         for w in ws:
@@ -54,6 +55,15 @@ def scale_sweep(models, sched, y, ws, x_T, measure, methods=None, sample=None):
             samples[method, w] = x
             rows.append({"method": method, "w": float(w), "scale": 1.0 + float(w), **measure(x, y)})
     return rows, samples
+
+
+def _named_sample(name, sched):
+    """The sampler ``name`` of samplers.SAMPLERS as a callable (eps_fn, x_T) -> x at its default steps,
+    with a fresh generator of seed 0 at every call; ValueError names ``sample`` for an unknown name."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sample must be a callable or one of {tuple(SAMPLERS)}, got {name!r}")
+    run = SAMPLERS[name][1]
+    return lambda eps_fn, x: run(eps_fn, sched, x, None, np.random.default_rng(0), None)
 
 
 def mixture_measures(mixture, rng):

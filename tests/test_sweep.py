@@ -5,7 +5,7 @@ import pytest
 
 import toy_data
 from refdiff.metrics import class_spread, energy_distance, fidelity
-from refdiff.samplers import ddim
+from refdiff.samplers import SAMPLERS, ddim
 from refdiff.schedule import Schedule
 from refdiff import methods
 from refdiff.sweep import format_table, guided_eps_fn, image_measures, mixture_measures, scale_sweep
@@ -72,3 +72,24 @@ def test_image_measures_on_true_images():
 def test_unknown_method_raises():
     with pytest.raises(ValueError, match="method must be one of"):
         guided_eps_fn("dalle", 1.0, {"denoiser": MIX.eps_model(SCHED), "classifier": MIX.classifier(SCHED)}, SCHED, 0)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_the_sweep_takes_every_sampler_by_name(name):
+    # a name runs refdiff.samplers.SAMPLERS[name] at its default steps, a stochastic one from a fresh
+    # default_rng(0) at every call: each (method, w) is that call, and two runs agree
+    n, y = 30, np.arange(30) % 3
+    x_T, models = np.random.default_rng(3).standard_normal((n, 2)), {"denoiser": MIX.eps_model(SCHED)}
+    first = lambda x, y: {"x": x.copy()}
+    rows, samples = scale_sweep(models, SCHED, y, (1.0,), x_T, lambda x, y: {}, methods=("cfg",), sample=name)
+    run = SAMPLERS[name][1]
+    want = run(guided_eps_fn("cfg", 1.0, models, SCHED, y), SCHED, x_T, None, np.random.default_rng(0), None)
+    np.testing.assert_array_equal(samples["cfg", 1.0], want)
+    again, _ = scale_sweep(models, SCHED, y, (1.0,), x_T, first, methods=("cfg",), sample=name)
+    np.testing.assert_array_equal(again[0]["x"], want)
+
+
+def test_an_unknown_sampler_name_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^sample must be a callable or one of \('ddim'"):
+        scale_sweep({"denoiser": MIX.eps_model(SCHED)}, SCHED, np.zeros(2, int), (0.0,), np.zeros((2, 2)),
+                    lambda x, y: {}, methods=("cfg",), sample="plms")
