@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import toy_data
-from refdiff import checkpoint, cli, demo, npz
+from refdiff import checkpoint, cli, demo, npz, samplers
 from refdiff.cli import main
 from refdiff.latent import AEConfig, Autoencoder, autoencoder_shapes
 from refdiff.nn import Classifier, Denoiser, MLPConfig, param_shapes
@@ -194,7 +194,7 @@ def out_of_memory(*args, **kwargs):
     (["sample", "-n", "10000000000"], (cli, "_guided"), ["-n 10000000000 may be too large", "74.5 GiB"]),
     (["data", "moons", "-n", "10000000000", "--out", "d.npz"], (toy_data, "sample"), ["-n 10000000000 may be too large"]),
     (["demo", "--n-per-label", "100000000"], (demo, "run"), ["--n-per-label 100000000 may be too large"]),
-    (["sample"], (cli, "ddim"), ["out of memory", "ulimit -v"]),  # a memory cap: no size option to blame
+    (["sample"], (samplers, "ddim"), ["out of memory", "ulimit -v"]),  # a memory cap: no size option to blame
 ], ids=["sample-n", "data-n", "demo-n-per-label", "no-size-option"])
 def test_running_out_of_memory_is_one_line_naming_the_size_option(argv, target, needles, tmp_path, capsys,
                                                                    monkeypatch):
