@@ -23,15 +23,19 @@ from .npz import config_from, config_object, read_schedule
 
 
 def sigmoid(h):
-    """sigmoid(h) = (1 + tanh(h / 2)) / 2: exactly the logistic function, and faster than expit here.
+    """sigmoid(h) = 1 / (1 + exp(-h)), the logistic function, as eq. (L2) of docs/learned.md writes it.
 
     Computed in place in one new array of h's floating dtype (float64 for integers and Python
-    numbers), as eq. (L2) of docs/learned.md writes it.
+    numbers). exp(-h) overflows to inf for h below about -709 (float64) or -88 (float32), where
+    1 / inf = 0 is the limit, so that overflow is expected and silenced. On the AMD EPYC machines
+    measured (docs/learned.md, "Speed") numpy's exp is 1.4-2.1 times faster than the
+    tanh(h / 2) form of the same function.
     """
-    s = np.multiply(h, 0.5, out=np.empty_like(h, dtype=np.result_type(np.asarray(h), np.float16)))
-    np.tanh(s, out=s)
-    s *= 0.5
-    s += 0.5
+    s = np.negative(h, out=np.empty_like(h, dtype=np.result_type(np.asarray(h), np.float16)))
+    with np.errstate(over="ignore"):
+        np.exp(s, out=s)
+    s += 1
+    np.reciprocal(s, out=s)
     return s
 
 
