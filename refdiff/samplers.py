@@ -626,18 +626,27 @@ def _step_done(x, t, eps, path, return_path, callback):
 
 
 # ---- the samplers by name ------------------------------------------------------------------------
-# For refdiff sample --sampler NAME and sweep.scale_sweep(sample=NAME): each sampler's display name
-# and a call (eps_fn, sched, x_T, steps or None, rng, callback) -> x_0, steps None meaning every
-# timestep for DDPM and 50 steps for the others; rng is read only by the stochastic ones.
+# For refdiff sample --sampler NAME, sweep.scale_sweep(sample=NAME) and theory.sampler_output: each
+# sampler's display name and a call (eps_fn, sched, x_T, steps, rng, callback) -> x_0, steps being a
+# count, a grid, or None for every timestep (DDPM) or DEFAULT_STEPS (the others); rng is read only by
+# the stochastic ones.
+DEFAULT_STEPS = 50
+
+
+def _steps(k):
+    """A registry call's steps: DEFAULT_STEPS when none are given."""
+    return DEFAULT_STEPS if k is None else k
+
+
 SAMPLERS = {
-    "ddim": ("DDIM", lambda f, sched, x, k, rng, cb: ddim(f, sched, x, k or 50, callback=cb)),
+    "ddim": ("DDIM", lambda f, sched, x, k, rng, cb: ddim(f, sched, x, _steps(k), callback=cb)),
     "ddpm": ("DDPM", lambda f, sched, x, k, rng, cb: ddpm(f, sched, x, rng, steps=k, callback=cb)),
     "euler_ancestral": ("Euler ancestral", lambda f, sched, x, k, rng, cb: euler_ancestral(
-        f, sched, x, k or 50, rng=rng, callback=cb)),
-    "dpmpp_2m": ("DPM-Solver++(2M)", lambda f, sched, x, k, rng, cb: dpmpp_2m(f, sched, x, k or 50, callback=cb)),
-    "dpmpp_2s": ("DPM-Solver++(2S)", lambda f, sched, x, k, rng, cb: dpmpp_2s(f, sched, x, k or 50, callback=cb)),
+        f, sched, x, _steps(k), rng=rng, callback=cb)),
+    "dpmpp_2m": ("DPM-Solver++(2M)", lambda f, sched, x, k, rng, cb: dpmpp_2m(f, sched, x, _steps(k), callback=cb)),
+    "dpmpp_2s": ("DPM-Solver++(2S)", lambda f, sched, x, k, rng, cb: dpmpp_2s(f, sched, x, _steps(k), callback=cb)),
     "dpmpp_2m_sde": ("DPM-Solver++(2M) SDE", lambda f, sched, x, k, rng, cb: dpmpp_2m_sde(
-        f, sched, x, k or 50, rng=rng, callback=cb)),
+        f, sched, x, _steps(k), rng=rng, callback=cb)),
     "edm": ("Heun (Karras et al.'s sampler without churn)", lambda f, sched, x, k, rng, cb: edm(
-        f, sched, x, k or 50, callback=cb)),
+        f, sched, x, _steps(k), callback=cb)),
 }

@@ -6,14 +6,16 @@ with finitely many steps is therefore a Gaussian whose mean and variance follow 
 (T2, T3). The "tilted" density p(x | y)^(1 + w) p(x)^(-w) that CFG is often said to sample is a
 Gaussian too (T4); the recursions show that neither sampler outputs it. With infinitely many steps
 DDIM becomes the probability-flow ODE and DDPM the reverse SDE, whose outputs are closed forms
-(T5, T6).
+(T5, T6). Every other sampler of refdiff.samplers is affine in x_T and its noise draws too, so its
+output law is read off exactly by probing that map (T12).
 """
 import numpy as np
 from scipy.integrate import quad
 
-from .arrays import as_real, as_timesteps, is_real
+from .arrays import alpha_bar_of, as_count, as_real, as_timesteps, is_real
 from .labels import NULL_LABEL
 from .oracle import GaussianMixture
+from .samplers import SAMPLERS
 
 
 def _check_pair(mu, v, w):
@@ -113,6 +115,64 @@ def ddpm_output(sched, ts, mu, v, w, variance="beta_tilde", mean_shift=False):
             A, B = A - var_table[j] * (1 + w) * (c1 - u1) / np.sqrt(1 - a), B - var_table[j] * (1 + w) * (c0 - u0) / np.sqrt(1 - a)
         mean, var = A * mean + B, A ** 2 * var + (var_table[j] if j > 1 else 0.0)
     return float(mean), float(var)
+
+
+def sampler_output(sched, sample, mu, v, w, steps=None, max_draws=None):
+    """Mean and variance of any sampler's output with CFG's exact eps from x_T ~ N(0, 1) (eq. (T12)).
+
+    With (T1) every step of every sampler in refdiff.samplers combines x, eps = e1 x + e0 and fresh
+    noise linearly, so its output is x_0 = c x_T + sum_k g_k z_k + d, exactly Gaussian with mean d and
+    variance c^2 + sum_k g_k^2. One call reads the map off probe rows: row 0 starts at x_T = 0, row
+    1 at x_T = 1, and the k-th noise draw is 1 in row 2 + k and 0 elsewhere (``_UnitDraws``), so
+    d = x_0[0], c = x_0[1] - d and g_k = x_0[2 + k] - d.
+
+    Parameters
+    ----------
+    sched : Schedule; mu, v, w : as in ``cfg_eps_coefficients``
+    sample : a name in samplers.SAMPLERS, or a callable (eps_fn, x_T, rng) -> x_0 that draws its
+        noise only as rng.standard_normal(x.shape, dtype=x.dtype)
+    steps : for a name, its steps as ``samplers.SAMPLERS`` takes them (None: its default)
+    max_draws : the most noise draws expected (default sched.T + 1, one per step of any grid)
+
+    Returns
+    -------
+    (mean, var) : floats
+    """
+    _check_pair(mu, v, w)
+    if isinstance(sample, str):
+        if sample not in SAMPLERS:
+            raise ValueError(f"sample must be one of {sorted(SAMPLERS)} or a callable, got {sample!r}")
+        call = SAMPLERS[sample][1]
+        sample = (lambda f, x, rng, call=call: call(f, sched, x, steps, rng, None))
+    elif not callable(sample):
+        raise ValueError(f"sample must be a sampler's name or a callable (eps_fn, x_T, rng), got {sample!r}")
+    draws = as_count(sched.T + 1 if max_draws is None else max_draws, "max_draws")
+    x_T = np.zeros((2 + draws, 1))
+    x_T[1] = 1.0
+
+    def eps_fn(x, t):
+        e1, e0 = cfg_eps_coefficients(alpha_bar_of(sched, t)[:, None], mu, v, w)
+        return e1 * x + e0
+    out = np.asarray(sample(eps_fn, x_T, _UnitDraws(draws)), dtype=np.float64)[:, 0]
+    d, c, g = out[0], out[1] - out[0], out[2:] - out[0]
+    return float(d), float(c * c + g @ g)
+
+
+class _UnitDraws(np.random.Generator):
+    """A Generator whose k-th standard_normal draw (k = 0, 1, ...) is 1 in row 2 + k and 0 elsewhere,
+    the probe of ``sampler_output``; it refuses a draw past ``draws``."""
+
+    def __init__(self, draws):
+        super().__init__(np.random.PCG64(0))
+        self.draws, self.count = draws, 0
+
+    def standard_normal(self, size=None, dtype=np.float64, out=None):
+        if self.count == self.draws:
+            raise ValueError(f"the sampler drew noise more than max_draws = {self.draws} times")
+        z = np.zeros(size, dtype)
+        z[2 + self.count] = 1
+        self.count += 1
+        return z
 
 
 def tilted(mu, v, w):

@@ -384,6 +384,8 @@ REGISTRY = [
       lambda: (theory.ddim_output, (sched(), [10, 5]), dict(mu=1.0, v=0.5, w=1.0, eta=0.5))),
     E("refdiff.theory", "ddpm_output", {"mu": REAL, "v": REAL, "w": REAL},
       lambda: (theory.ddpm_output, (sched(), [10, 5]), dict(mu=1.0, v=0.5, w=1.0))),
+    E("refdiff.theory", "sampler_output", {"mu": REAL, "v": REAL, "w": REAL, "max_draws": OPT_COUNT},
+      lambda: (theory.sampler_output, (sched(), "ddim"), dict(mu=1.0, v=0.5, w=1.0, max_draws=3))),
     *[E("refdiff.theory", name, {"mu": REAL, "v": REAL, "w": REAL},
         lambda name=name: (getattr(theory, name), (), dict(mu=1.0, v=0.5, w=1.0)))
       for name in ("tilted", "ode_limit", "sde_limit")],
