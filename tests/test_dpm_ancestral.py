@@ -8,8 +8,12 @@ Karras et al.'s variables (k-diffusion's form, written here from the paper), aga
 its first-order first step, and by its convergence order on the exact oracle against an RK45
 solution at rtol 1e-8. DDIM inversion is checked step by step on an affine eps and by its
 first-order round trip on the oracle; thresholding by the x0_hat its eps gives (hypothesis) and
-on a mixture inside the box, unguided and at w = 20.
+on a mixture inside the box, unguided and at w = 20, and by recomputing the docs' table of
+fidelity, spread and samples outside the box at w = 0-30.
 """
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -23,6 +27,7 @@ from refdiff.samplers import (clipped, ddim, ddim_invert, dpmpp_2m, dpmpp_2m_sde
 from refdiff.schedule import Schedule
 
 SCHED = Schedule.linear(1000)
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 MIX = toy_data.mixture("three_gaussians")
 EPS = MIX.eps_model(SCHED)
 
@@ -249,6 +254,37 @@ def test_D10_inside_the_box_thresholding_changes_nothing_and_at_large_w_it_keeps
     assert np.abs(ddim(strong, SCHED, x_T, 50)).max() > 1.1  # CFG at w = 20 throws 5% of the samples out
     assert np.abs(ddim(thresholded(strong, SCHED), SCHED, x_T, 50)).max() <= 1
     assert np.abs(ddim(clipped(strong, SCHED), SCHED, x_T, 50)).max() <= 1
+
+
+def measure_samplers():
+    """docs/measure_samplers.py as a module (BOXED, boxed_runs, boxed_cell)."""
+    spec = importlib.util.spec_from_file_location("measure_samplers", DOCS / "measure_samplers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_D10_docs_table():
+    # Every cell of docs/samplers.md's (D10) table recomputed (deterministic: DDIM from one seeded
+    # x_T), and the prose: thresholding at max_value 1 is clipping bit for bit; the spread shrinks by
+    # 8% (clipped) and 13% (max_value 2) at w = 30; at w = 3 the rules change samples none of which
+    # leaves the box.
+    module = measure_samplers()
+    section = (DOCS / "samplers.md").read_text().split("## (D10)")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| w ")]
+    assert [float(r.split("|")[1]) for r in rows] == list(module.BOXED_WS)
+    spreads = {}
+    for row, w in zip(rows, module.BOXED_WS):
+        runs, y = module.boxed_runs(w)
+        assert np.array_equal(runs["thresholded"], runs["clipped"]), w
+        got = [module.boxed_cell(runs[v], y) for v in ("plain", "clipped", "thresholded, max_value 2")]
+        assert [c.strip() for c in row.strip(" |").split("|")[1:]] == got, (w, got)
+        spreads[w] = {v: module.class_spread(x, y, 3).mean() for v, x in runs.items()}
+        if w == 3.0:
+            assert not np.array_equal(runs["plain"], runs["clipped"]) and np.abs(runs["plain"]).max() < 1
+    plain = spreads[30.0]["plain"]
+    assert round(1 - spreads[30.0]["clipped"] / plain, 2) == 0.08
+    assert round(1 - spreads[30.0]["thresholded, max_value 2"] / plain, 2) == 0.13
 
 
 def test_D9_D10_refuse_bad_arguments():
