@@ -14,7 +14,7 @@ import pytest
 import toy_data
 from refdiff.metrics import two_sample_test
 from refdiff.oracle import GaussianMixture
-from refdiff.samplers import ddim, ddpm
+from refdiff.samplers import SAMPLERS as REGISTERED, ddim, ddpm, edm
 from refdiff.schedule import Schedule
 
 LINEAR = Schedule.linear(1000)
@@ -252,6 +252,24 @@ def test_same_seed_same_bits_other_seed_other_samples(run):
     x_T = np.random.default_rng(0).standard_normal((16, 2))
     assert np.array_equal(run(f, x_T, 5), run(f, x_T, 5))
     assert not np.allclose(run(f, x_T, 5), run(f, x_T, 6))
+
+
+@pytest.mark.parametrize("name", [*REGISTERED, "edm, churn"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_registered_sampler_keeps_the_dtype_and_same_seed_gives_same_bits(name, dtype):
+    # each sampler of samplers.SAMPLERS (and edm with churn), at 8 steps: float32 in, float32 out;
+    # the same seed twice gives the same bits, and another seed other samples exactly when the sampler
+    # draws noise
+    f = eps_fn_of(SMALL_MIX.eps_model(SMALL))
+    x_T = np.random.default_rng(0).standard_normal((16, 2)).astype(dtype)
+    if name == "edm, churn":
+        run = lambda seed: edm(f, SMALL, x_T, 8, s_churn=5.0, rng=np.random.default_rng(seed))
+    else:
+        run = lambda seed: REGISTERED[name][1](f, SMALL, x_T, 8, np.random.default_rng(seed), None)
+    first = run(5)
+    assert first.dtype == dtype and np.array_equal(first, run(5))
+    stochastic = name in ("ddpm", "euler_ancestral", "dpmpp_2m_sde", "edm, churn")
+    assert np.array_equal(first, run(6)) != stochastic
 
 
 def test_ddim_eta0_is_deterministic_without_rng():
