@@ -36,6 +36,18 @@ def _prepare(sched, t, *arrays):
     return xs, t, sched.alpha_bar[t][:, None]
 
 
+def _signal_left(a, t, what):
+    """Raise ValueError naming t unless every alpha_bar_t in a is > 0: ``what`` divides by sqrt(alpha_bar_t).
+
+    alpha_bar_t = 0 only at t = T of a zero-terminal-SNR schedule (docs/schedule.md, (S8)), where
+    x_t is pure noise and carries nothing of x0 (docs/process.md, (C1)).
+    """
+    if np.any(a == 0):
+        bad = int(np.asarray(t).reshape(-1)[np.flatnonzero(a.reshape(-1) == 0)[0]])
+        raise ValueError(f"t = {bad} has alpha_bar = 0 (zero terminal SNR): {what} divides by sqrt(alpha_bar) and "
+                         "is undefined there; an x0 or v prediction gives x0 at that t")
+
+
 def _combine(c1, x1, c2=None, x2=None):
     """c1 * x1 (+ c2 * x2), the float64 coefficient columns cast to the arrays' dtype first."""
     out = c1.astype(x1.dtype) * x1
@@ -70,7 +82,8 @@ def q_posterior(sched, x0, xt, t):
 
 def eps_to_x0(sched, xt, t, eps):
     """x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), inverting eq. (P1) (eq. (C1))."""
-    (xt, eps), _, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
+    (xt, eps), t, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
+    _signal_left(a, t, "x0 from eps")
     return _combine(1 / np.sqrt(a), xt, -np.sqrt(1 - a) / np.sqrt(a), eps)
 
 
@@ -101,7 +114,8 @@ def eps_to_v(sched, xt, t, eps):
 
     Salimans & Ho (2022), Sec. 4 and Appendix D.
     """
-    (xt, eps), _, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
+    (xt, eps), t, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
+    _signal_left(a, t, "v from eps")
     return _combine(1 / np.sqrt(a), eps, -np.sqrt(1 - a) / np.sqrt(a), xt)
 
 
@@ -116,7 +130,8 @@ def tweedie_x0(sched, xt, t, score):
 
     Efron (2011); it is eq. (C1) with the optimal eps = -sqrt(1 - a) score substituted.
     """
-    (xt, score), _, a = _prepare(sched, t, ("xt", xt), ("score", score))
+    (xt, score), t, a = _prepare(sched, t, ("xt", xt), ("score", score))
+    _signal_left(a, t, "Tweedie's x0")
     return _combine(1 / np.sqrt(a), xt, (1 - a) / np.sqrt(a), score)
 
 
@@ -126,5 +141,6 @@ def p_mean(sched, xt, t, eps):
     Ho et al. (2020), eq. 11; equal to the posterior mean (P2) at x0 = eps_to_x0(x_t, eps).
     """
     (xt, eps), t, a = _prepare(sched, t, ("xt", xt), ("eps", eps))
+    _signal_left(a, t, "the reverse step's mean from eps")
     beta = sched.betas[t][:, None]
     return _combine(1 / np.sqrt(1 - beta), xt, -beta / (np.sqrt(1 - a) * np.sqrt(1 - beta)), eps)

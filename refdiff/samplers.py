@@ -53,15 +53,20 @@ def sampling_grid(sched, steps, spacing=None, discrete=False):
     int64 array, or float64 for real times, shape (S,)
     """
     if not isinstance(steps, (list, tuple, np.ndarray)):  # a count (anything else is refused by name)
-        return _grid_of_count(sched, steps, "leading" if spacing is None else spacing, discrete)
-    if spacing is not None:
+        grid = _grid_of_count(sched, steps, "leading" if spacing is None else spacing, discrete)
+    elif spacing is not None:
         raise ValueError(f"spacing={spacing!r} applies to a step count; an array of times is used as given")
-    grid = _explicit_grid(sched, steps)
+    else:
+        grid = _explicit_grid(sched, steps)
     if discrete and grid.dtype != np.int64:
         if not np.all(grid == np.round(grid)):
             raise ValueError("steps must be integer timesteps for this sampler, which steps between the schedule's "
                              f"integer timesteps (ode and ode_adaptive take real times), got {grid}")
         grid = grid.astype(np.int64)
+    if alpha_bar_of(sched, grid[:1])[0] == 0:
+        raise ValueError(f"steps: the grid starts at t = {grid[0]}, where alpha_bar = 0 (a zero-terminal-SNR schedule, "
+                         "docs/schedule.md (S8)): an eps prediction cannot give x0 there; start below it (e.g. "
+                         "spacing 'leading') or drop t = T from the grid")
     return grid
 
 

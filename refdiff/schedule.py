@@ -4,7 +4,9 @@ Math time t runs over 0..T with t = 0 the clean data, so every array here has le
 ``alpha_bar[0] == 1``, ``betas[0] == 0``. diffusers and guided-diffusion index the same steps by
 k = t - 1 (docs/notation.md, eq. (N1)).
 """
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
@@ -12,6 +14,11 @@ from scipy.interpolate import PchipInterpolator
 from .arrays import as_count, as_real, is_real
 
 SPACINGS = ("leading", "trailing", "linspace")
+DIFFUSERS_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# The keys of a diffusers scheduler config that define the schedule (eq. (S9)); every other key
+# (timestep_spacing, steps_offset, prediction_type, clip_sample, ...) is about sampling and is ignored.
+DIFFUSERS_SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "trained_betas",
+                           "rescale_betas_zero_snr")
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +92,19 @@ class Schedule:
             raise ValueError(f"T={T} is too small for beta_start={beta_start}, beta_end={beta_end}: "
                              f"the rescaled betas (1000 / T) * beta must stay <= 1")
         return cls.from_betas(betas)
+
+    @classmethod
+    def scaled_linear(cls, T, beta_start=0.00085, beta_end=0.012):
+        """Stable Diffusion's betas: the square roots linear in t, beta_t = linspace(sqrt(beta_start),
+        sqrt(beta_end), T)[t - 1]^2 (eq. (S7)); diffusers' "scaled_linear".
+
+        Computed in float64 (diffusers computes it in float32), for any T, without the 1000 / T
+        rescaling that ``linear`` applies. The defaults are Stable Diffusion 1.x and 2.x's.
+        """
+        T = as_count(T, "T", low=1)
+        beta_start = as_real(beta_start, "beta_start", above=0, high=1)
+        beta_end = as_real(beta_end, "beta_end", above=0, high=1)
+        return cls.from_betas(np.linspace(np.sqrt(beta_start), np.sqrt(beta_end), T) ** 2)
 
     @classmethod
     def cosine(cls, T, s=0.008, max_beta=0.999):
@@ -211,6 +231,69 @@ class Schedule:
         ratio = np.multiply.reduceat(self.alphas[1:ts[-1] + 1], np.concatenate([[0], ts[:-1]]))
         return Schedule.from_betas(1.0 - ratio)
 
+    def rescale_zero_terminal_snr(self):
+        """This schedule with alpha_bar_T = 0 exactly and alpha_bar_1 kept: Lin et al. (2024), Alg. 1 (eq. (S8)).
+
+        sqrt(alpha_bar_t) is shifted by its value at T and scaled back to its value at t = 1:
+        r_t <- (r_t - r_T) r_1 / (r_1 - r_T); the betas follow from the new alpha_bar as
+        1 - alpha_bar_t / alpha_bar_{t-1}, so beta_T = 1. An eps prediction cannot give x0 at t = T
+        then (docs/process.md, (C1)): samplers refuse to start there with one.
+        """
+        if self.T < 2:
+            raise ValueError("the schedule must have T >= 2 to be rescaled to zero terminal SNR (r_1 = r_T at T = 1)")
+        root = np.sqrt(self.alpha_bar[1:])
+        root = (root - root[-1]) * root[0] / (root[0] - root[-1])
+        alpha_bar = root * root
+        return Schedule.from_betas(1.0 - np.concatenate([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]]))
+
+    @classmethod
+    def from_diffusers_config(cls, config):
+        """The schedule of a diffusers scheduler config: a dict or the path of a scheduler_config.json (eq. (S9)).
+
+        trained_betas first if given (their number must be num_train_timesteps); else beta_schedule
+        "linear" (diffusers' own: linspace(beta_start, beta_end, T), no 1000 / T rescaling),
+        "scaled_linear" (``scaled_linear``) or "squaredcos_cap_v2" (``cosine``); then
+        rescale_betas_zero_snr (missing: false). Missing keys take DDPMScheduler's defaults (1000,
+        "linear", 1e-4, 0.02); keys outside DIFFUSERS_SCHEDULE_KEYS are ignored.
+        """
+        config = _diffusers_config(config)
+        T = as_count(config.get("num_train_timesteps", 1000), "num_train_timesteps", low=1)
+        trained = config.get("trained_betas")
+        if trained is not None:
+            betas = np.asarray(trained, dtype=np.float64) if is_real(trained) else None
+            if betas is None or betas.shape != (T,):
+                raise ValueError(f"trained_betas must be a list of num_train_timesteps = {T} numbers, got {trained!r}")
+            sched = cls.from_betas(betas)
+        else:
+            sched = cls._diffusers_betas(config, T)
+        zero_snr = config.get("rescale_betas_zero_snr", False)
+        if not isinstance(zero_snr, bool):
+            raise ValueError(f"rescale_betas_zero_snr must be true or false, got {zero_snr!r}")
+        return sched.rescale_zero_terminal_snr() if zero_snr else sched
+
+    @classmethod
+    def _diffusers_betas(cls, config, T):
+        """The schedule that config's beta_schedule, beta_start and beta_end name (``from_diffusers_config``)."""
+        kind = config.get("beta_schedule", "linear")
+        start = as_real(config.get("beta_start", 1e-4), "beta_start", above=0, high=1)
+        end = as_real(config.get("beta_end", 0.02), "beta_end", above=0, high=1)
+        if kind == "linear":
+            return cls.from_betas(np.linspace(start, end, T))
+        if kind == "scaled_linear":
+            return cls.scaled_linear(T, start, end)
+        if kind == "squaredcos_cap_v2":
+            return cls.cosine(T)
+        raise ValueError(f"beta_schedule must be one of {DIFFUSERS_BETA_SCHEDULES}, got {kind!r}")
+
+    def to_diffusers_config(self):
+        """A diffusers config that gives this schedule back: its betas as ``trained_betas`` (eq. (S9)).
+
+        ``Schedule.from_diffusers_config(s.to_diffusers_config())`` has the same betas, bit for bit,
+        also through JSON (Python writes floats as their shortest round-tripping repr).
+        """
+        return {"num_train_timesteps": self.T, "beta_schedule": "linear", "trained_betas": self.betas[1:].tolist(),
+                "rescale_betas_zero_snr": False}
+
     def posterior_variance(self):
         """beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t for t = 0..T (eq. (P3)).
 
@@ -219,6 +302,20 @@ class Schedule:
         var = np.zeros(self.T + 1)
         var[1:] = (1.0 - self.alpha_bar[:-1]) / (1.0 - self.alpha_bar[1:]) * self.betas[1:]
         return var
+
+
+def _diffusers_config(config):
+    """config as a dict: itself, or the JSON object in the file it names; ValueError naming the file."""
+    if isinstance(config, (str, Path)):
+        try:
+            with open(config, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"config: cannot read {str(config)!r} as a diffusers scheduler_config.json ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict or the path of a scheduler_config.json holding a JSON object, "
+                         f"got {type(config).__name__}")
+    return config
 
 
 def _log_alpha_bar_cubics(alpha_bar):

@@ -238,6 +238,8 @@ REGISTRY = [
     # schedule
     E(S, "Schedule.linear", {"T": COUNT, "beta_start": REAL, "beta_end": REAL},
       lambda: (Schedule.linear, (), dict(T=20, beta_start=1e-4, beta_end=0.02))),
+    E(S, "Schedule.scaled_linear", {"T": COUNT, "beta_start": REAL, "beta_end": REAL},
+      lambda: (Schedule.scaled_linear, (), dict(T=20, beta_start=0.00085, beta_end=0.012))),
     E(S, "Schedule.cosine", {"T": COUNT, "s": REAL, "max_beta": REAL},
       lambda: (Schedule.cosine, (), dict(T=20, s=0.008, max_beta=0.999))),
     E(S, "Schedule.timesteps", {"steps": COUNT}, lambda: (sched().timesteps, (), dict(steps=5))),
