@@ -242,16 +242,17 @@ def _paired(model_losses, oracle_losses):
     return Excess(loss, floor, ratio - 1, float(spread / np.sqrt(len(model_losses))) / floor)
 
 
-def denoiser_excess(eps_model, mixture, sched, n, rng, conditional=True):
+def denoiser_excess(eps_model, mixture, sched, n, rng, conditional=True, target="eps"):
     """A denoiser's loss (L5) over the Bayes floor (O7), on n common draws (eq. (M5)).
 
     With ``conditional`` both are given each draw's label, else both predict unconditionally
-    (the branch a dropout-trained model learns for y=None).
+    (the branch a dropout-trained model learns for y=None). ``target`` (process.PREDICTIONS)
+    measures both in that target's own loss, through the predictions their eps imply.
     """
     x0, y, t, eps = mixture.denoising_draws(sched, as_count(n, low=2), check_rng(rng))
     y = y if conditional else None
-    return _paired(denoising_errors(eps_model, sched, x0, y, t, eps),
-                   denoising_errors(mixture.eps_model(sched), sched, x0, y, t, eps))
+    return _paired(denoising_errors(eps_model, sched, x0, y, t, eps, target),
+                   denoising_errors(mixture.eps_model(sched), sched, x0, y, t, eps, target))
 
 
 def classifier_excess(logits_model, mixture, sched, n, rng):

@@ -20,6 +20,7 @@ from autograd.tracer import getval, isbox
 from .arrays import DTYPES, as_count, as_points, as_times, check_rng, is_real, row_max
 from .labels import NULL_LABEL, as_labels
 from .npz import config_from, config_object, read_schedule
+from .process import PREDICTIONS, eps_to_prediction, prediction_to_eps
 
 
 def sigmoid(h):
@@ -131,7 +132,8 @@ class MLPConfig:
     dim: D of x; num_labels: K (the denoiser's label embedding has K + 1 rows, the classifier K
     outputs; K = 0 is an unconditional denoiser); hidden, depth: width and number of hidden
     layers (residual blocks for "resnet"); t_embed: size of the time embedding; dtype: "float64"
-    or "float32"; arch: "mlp" (eq. (L2)) or "resnet" (eq. (L2r)).
+    or "float32"; arch: "mlp" (eq. (L2)) or "resnet" (eq. (L2r)); prediction: what a denoiser's
+    network outputs, one of process.PREDICTIONS (eq. (L3p)); a classifier's is "eps" and unused.
     """
     kind: str
     dim: int
@@ -141,6 +143,7 @@ class MLPConfig:
     t_embed: int = 32
     dtype: str = "float64"
     arch: str = "mlp"
+    prediction: str = "eps"
 
     def __post_init__(self):
         if self.kind not in ("denoiser", "classifier"):
@@ -154,6 +157,9 @@ class MLPConfig:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {self.arch!r}")
+        if self.prediction not in (PREDICTIONS if self.kind == "denoiser" else ("eps",)):
+            raise ValueError(f"prediction must be one of {PREDICTIONS} for a denoiser ('eps' for a classifier), "
+                             f"got {self.prediction!r}")
 
     @property
     def cond_features(self):
@@ -400,13 +406,28 @@ def network_from_entries(meta, arrays):
 
 
 class Denoiser(Network):
-    """A denoiser as the model callable of docs/architecture.md: ``model(x, t, y=None) -> eps`` (N, D)."""
+    """A denoiser as the model callable of docs/architecture.md: ``model(x, t, y=None) -> eps`` (N, D).
+
+    Its network predicts ``config.prediction`` (eq. (L3p)); a call returns the eps that prediction
+    implies ((C2), (C4), (C6)), so every sampler and guidance rule takes any prediction type, and
+    ``predict`` returns any target.
+    """
     kind = "denoiser"
 
     def __call__(self, x, t, y=None):
+        return self.predict(x, t, y, "eps")
+
+    def predict(self, x, t, y=None, target="eps"):
+        """The prediction of ``target`` in process.PREDICTIONS at (x, t, y): the network's own output
+        for its own target, else converted through eps ((C1)-(C6); x0 and v need alpha_bar_t > 0)."""
         x, t = self._inputs(x, t)
         rows = label_rows(y, x.shape[0], self.config.num_labels)
-        return in_chunks(lambda *chunk: denoiser_forward(self.params, self.config, *chunk), x, t, rows)
+        out = in_chunks(lambda *chunk: denoiser_forward(self.params, self.config, *chunk), x, t, rows)
+        own = self.config.prediction
+        if target == own:
+            return out
+        eps = out if own == "eps" else prediction_to_eps(self.sched, x, t, out, own)
+        return eps_to_prediction(self.sched, x, t, eps, target)
 
 
 class Classifier(Network):

@@ -18,7 +18,7 @@ from autograd.tracer import getval
 from .arrays import (alpha_bar_of, as_count, as_int_batch, as_points, as_times, check_rng, is_real, log_sum_exp,
                      row_max)
 from .labels import NULL_LABEL, as_labels
-from .process import q_sample
+from .process import eps_to_prediction, q_sample, target_of
 
 LOG_2PI = np.log(2 * np.pi)
 
@@ -213,6 +213,16 @@ class GaussianMixture:
             return self.eps(x, _alpha_bar(sched, t, x.shape[0]), y).astype(x.dtype)
         return eps_model
 
+    def prediction_model(self, sched, target="eps"):
+        """The Bayes-optimal prediction of ``target`` (process.PREDICTIONS) as ``model(x, t, y=None)``:
+        E[target | x_t, y], which is the conversion (C1), (C3) or (C5) of the exact eps (O3), since
+        at fixed x_t each conversion is affine (docs/process.md). For x0 it equals ``x0_mean`` (O4)."""
+        eps_model = self.eps_model(sched)
+
+        def model(x, t, y=None):
+            return eps_to_prediction(sched, x, t, eps_model(x, t, y), target)
+        return model
+
     def classifier(self, sched):
         """The exact noisy classifier as ``logits_model(x, t) -> (N, L)`` logits (eq. (O5)).
 
@@ -223,19 +233,21 @@ class GaussianMixture:
             return self.log_classifier(x, _alpha_bar(sched, t, x.shape[0])).astype(x.dtype)
         return logits_model
 
-    def optimal_loss(self, sched, n, rng, conditional=False):
+    def optimal_loss(self, sched, n, rng, conditional=False, target="eps"):
         """Monte Carlo estimate of the Bayes-optimal denoising loss and its standard error (eq. (O7)).
 
         L* = E_{t ~ U{1..T}, x_0, eps} [ ||eps - eps*(x_t, t)||^2 / D ], the per-coordinate mean
         squared error of the exact denoiser (the floor of the eps-MSE of Ho et al. 2020, eq. 14).
-        With ``conditional=True`` the denoiser knows each sample's label (eps*(x_t, t, y)).
+        With ``conditional=True`` the denoiser knows each sample's label (eps*(x_t, t, y)); with
+        another ``target`` (process.PREDICTIONS) the floor of that target's loss, reached by the
+        prediction eps* implies (``prediction_model``).
 
         Returns
         -------
         (loss, stderr) : the sample mean over n draws and its standard error std / sqrt(n).
         """
         x0, y, t, eps = self.denoising_draws(sched, as_count(n, low=2), rng)
-        err = denoising_errors(self.eps_model(sched), sched, x0, y if conditional else None, t, eps)
+        err = denoising_errors(self.eps_model(sched), sched, x0, y if conditional else None, t, eps, target)
         return float(err.mean()), float(err.std(ddof=1) / np.sqrt(n))
 
     def denoising_draws(self, sched, n, rng):
@@ -245,13 +257,18 @@ class GaussianMixture:
         return x0, y, rng.integers(1, sched.T + 1, size=n), rng.standard_normal(x0.shape)
 
 
-def denoising_errors(eps_model, sched, x0, y, t, eps):
-    """Per-sample squared error ||eps - eps_model(x_t, t, y)||^2 / D at x_t from (P1); shape (n,).
+def denoising_errors(eps_model, sched, x0, y, t, eps, target="eps"):
+    """Per-sample squared error ||target - prediction||^2 / D at x_t from (P1); shape (n,).
 
-    Its mean is the loss (L5) that training minimises (Ho et al. 2020, eq. 14).
+    The prediction of ``target`` (process.PREDICTIONS) is the one eps_model(x_t, t, y) implies
+    ((C1), (C3), (C5)), the truth process.target_of(x0, eps). For eps the mean is the loss (L5)
+    that training minimises (Ho et al. 2020, eq. 14); for another target, that target's own loss.
     """
     xt = q_sample(sched, x0, t, eps)
-    return np.mean((eps - eps_model(xt, t, y)) ** 2, axis=1)
+    prediction = eps_model(xt, t, y)
+    if target != "eps":
+        prediction = eps_to_prediction(sched, xt, t, prediction, target)
+    return np.mean((target_of(sched, x0, t, eps, target) - prediction) ** 2, axis=1)
 
 
 def _alpha_bar(sched, t, n):

@@ -13,7 +13,8 @@ from .arrays import as_count, as_points, as_real, check_rng
 from .labels import as_labels
 from .nn import (DTYPES, Classifier, Denoiser, MLPConfig, classifier_forward, denoiser_forward, init_params,
                  log_softmax, mean)
-from .process import q_sample
+from .arrays import alpha_bar_of
+from .process import PREDICTIONS, q_sample, target_of
 
 
 # The default 2D budget (the defaults of train_denoiser and train_classifier; refdiff train and
@@ -47,11 +48,29 @@ def budget(default, steps):
     return {**default, "steps": steps or default["steps"]}
 
 
-def denoising_loss(params, config, xt, t, y_index, eps):
-    """The simple loss of Ho et al. (2020, eq. 14): mean over batch and coordinates of
-    (eps - eps_theta(x_t, t, y))^2 (eq. (L5)); y_index holds K for the dropped (null) labels."""
-    residual = denoiser_forward(params, config, xt, t, y_index) - eps
-    return mean(residual * residual)
+WEIGHTINGS = (None, "min_snr")
+
+
+def denoising_loss(params, config, xt, t, y_index, target, weight=None):
+    """The denoising loss (eq. (L5)): the mean over batch and coordinates of (target -
+    f_theta(x_t, t, y))^2, each row times ``weight`` if given (eq. (L5w)); the network predicts
+    ``config.prediction`` and ``target`` is its value (process.target_of). For eps this is the
+    simple loss of Ho et al. (2020, eq. 14). y_index holds K for the dropped (null) labels."""
+    residual = denoiser_forward(params, config, xt, t, y_index) - target
+    squared = residual * residual
+    return mean(squared if weight is None else weight * squared)
+
+
+def loss_weights(sched, t, prediction, gamma):
+    """Per-row min-SNR-gamma weights (Hang et al. 2023, eq. 10 and Sec. 3.4) for a network predicting
+    ``prediction`` (eq. (L5w)): min(SNR, gamma) / (SNR k), SNR = a / (1 - a), where k is the factor by
+    which that target's squared error exceeds the eps error it implies (L5k): k = 1 (eps), 1 / SNR
+    (x0), (SNR + 1) / SNR (v), SNR + 1 (score). Every target's weighted loss is then
+    min(SNR, gamma) times the x0 loss it implies. Float64 column (N, 1)."""
+    a = alpha_bar_of(sched, np.asarray(t))[:, None]
+    snr = a / (1 - a)
+    k = {"eps": 1.0, "x0": 1 / snr, "v": (snr + 1) / snr, "score": snr + 1}[prediction]
+    return np.minimum(snr, gamma) / (snr * k)
 
 
 def classifier_loss(params, config, xt, t, y):
@@ -61,13 +80,16 @@ def classifier_loss(params, config, xt, t, y):
 
 def train_denoiser(x0, y, sched, rng, steps=DENOISER_2D["steps"], batch=DENOISER_2D["batch"],
                    lr=DENOISER_2D["lr"], p_uncond=DENOISER_2D["p_uncond"], num_labels=None, hidden=128, depth=3,
-                   arch="mlp", dtype=DENOISER_2D["dtype"], ema=0.999, clip=1.0, verbose=True, on_step=None):
-    """Train eps_theta(x_t, t, y) on data (x0, y) with labels dropped to null with prob. p_uncond.
+                   arch="mlp", dtype=DENOISER_2D["dtype"], ema=0.999, clip=1.0, verbose=True, on_step=None,
+                   prediction="eps", weighting=None, min_snr_gamma=5.0):
+    """Train f_theta(x_t, t, y) on data (x0, y) with labels dropped to null with prob. p_uncond.
 
     Each step draws a minibatch of the data, t ~ U{1..T}, eps ~ N(0, I), forms x_t by (P1) and
     takes an Adam step on (L5); the label of each row is replaced by the null label with
     probability p_uncond (Ho & Salimans 2022, Algorithm 1), so one network learns both
     eps(x, t, y) and eps(x, t) = eps(x, t, null). The defaults are the measured 2D budget, DENOISER_2D.
+    The network predicts ``prediction`` (eps, x0, v or score; eq. (L3p)) on its own squared error,
+    unweighted or with ``weighting="min_snr"`` (``loss_weights``, gamma = min_snr_gamma).
 
     Parameters
     ----------
@@ -81,10 +103,22 @@ def train_denoiser(x0, y, sched, rng, steps=DENOISER_2D["steps"], batch=DENOISER
     Denoiser with the EMA weights; ``.history`` holds the training loss per step.
     """
     x0, y, K = _data(x0, y, num_labels, conditional=True)
-    batch = as_count(batch, "batch", low=1)
-    p_uncond = as_real(p_uncond, "p_uncond", low=0, high=1)
-    config = MLPConfig("denoiser", x0.shape[1], K, hidden, depth, dtype=dtype, arch=arch)
-    cast = DTYPES[dtype]
+    config = MLPConfig("denoiser", x0.shape[1], K, hidden, depth, dtype=dtype, arch=arch, prediction=prediction)
+    make_batch = _denoiser_batches(x0, y, sched, rng, config, as_count(batch, "batch", low=1),
+                                   as_real(p_uncond, "p_uncond", low=0, high=1), weighting, min_snr_gamma)
+    params, history = fit(lambda p, *b: denoising_loss(p, config, *b), init_params(config, rng),
+                          make_batch, steps, lr, ema, clip, Progress("denoiser", steps, verbose), on_step)
+    model = Denoiser(params, config, sched)
+    model.history = history
+    return model
+
+
+def _denoiser_batches(x0, y, sched, rng, config, batch, p_uncond, weighting, gamma):
+    """make_batch() for ``train_denoiser``: x_t, t, the label rows (null with prob. p_uncond), the
+    target of config.prediction (process.target_of) and the loss weights (None, or ``loss_weights``)."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    gamma, cast, prediction = as_real(gamma, "min_snr_gamma", above=0), DTYPES[config.dtype], config.prediction
 
     def make_batch():
         idx, xt, t, eps = noised_batch(x0, sched, rng, batch, cast)
@@ -92,13 +126,10 @@ def train_denoiser(x0, y, sched, rng, steps=DENOISER_2D["steps"], batch=DENOISER
             y_index = np.full(batch, config.num_labels)
         else:
             y_index = np.where(rng.random(batch) < p_uncond, config.num_labels, y[idx])
-        return xt, t, y_index, eps
-
-    params, history = fit(lambda p, *b: denoising_loss(p, config, *b), init_params(config, rng),
-                          make_batch, steps, lr, ema, clip, Progress("denoiser", steps, verbose), on_step)
-    model = Denoiser(params, config, sched)
-    model.history = history
-    return model
+        target = eps if prediction == "eps" else target_of(sched, x0[idx].astype(cast), t, eps, prediction)
+        weight = None if weighting is None else loss_weights(sched, t, prediction, gamma).astype(cast)
+        return xt, t, y_index, target, weight
+    return make_batch
 
 
 def train_classifier(x0, y, sched, rng, steps=CLASSIFIER_2D["steps"], batch=CLASSIFIER_2D["batch"],

@@ -321,7 +321,7 @@ REGISTRY = [
     E("refdiff.nn", "Denoiser.__call__", {"t": TIMES}, lambda: (denoiser(), (x2(),), dict(t=3, y=0))),
     E("refdiff.nn", "Classifier.__call__", {"t": TIMES}, lambda: (classifier(), (x2(),), dict(t=3))),
     E(T, "train_denoiser", {"steps": COUNT, "batch": COUNT, "lr": REAL, "p_uncond": REAL, "num_labels": OPT_COUNT,
-                            "hidden": COUNT, "depth": COUNT, "ema": REAL, "clip": REAL},
+                            "hidden": COUNT, "depth": COUNT, "ema": REAL, "clip": REAL, "min_snr_gamma": REAL},
       lambda: (train.train_denoiser, (*data2d(), sched(), rng()),
                dict(steps=1, batch=4, lr=1e-3, p_uncond=0.2, num_labels=3, hidden=4, depth=1, ema=0.9, clip=1.0,
                     verbose=False))),
