@@ -21,6 +21,7 @@ from .labels import NULL_LABEL
 from .metrics import class_spread, fidelity
 from .npz import check_output, make_folder, save_npz_atomic, temp_target
 from .samplers import SAMPLERS
+from .process import PREDICTIONS
 from .schedule import Schedule
 from .train import (CLASSIFIER_2D, CLASSIFIER_DEMO, CLASSIFIER_IMAGES_SMALL, DENOISER_2D, DENOISER_DEMO,
                     DENOISER_IMAGES_SMALL, Progress, budget, train_classifier, train_denoiser)
@@ -36,6 +37,7 @@ LIBRARY_NAMES = {"w": "scale", "s": "scale"}
 STRENGTH_RESULTS = ("eps", "x")
 FIELD_RESULT = "field_fn's"  # plot.field_on_grid's name for the field, not finite when --lim (or --scale) is too large
 SIZES = ("n", "n_per_label", "n_eval", "n_samples")  # the options that set how many samples are made
+SCHEDULES = {"linear": Schedule.linear, "cosine": Schedule.cosine, "scaled_linear": Schedule.scaled_linear}  # train --schedule
 
 
 class _Parser(argparse.ArgumentParser):
@@ -249,21 +251,45 @@ def train_options(parser):
     _data_option(parser, "three_gaussians")
     parser.add_argument("--out", default="refdiff-model", help="output folder (default refdiff-model)")
     _training_options(parser, DENOISER_2D, CLASSIFIER_2D)
+    parser.add_argument("--prediction", choices=PREDICTIONS, default="eps",
+                        help="what the denoiser's network predicts (default eps; docs/process.md (C8))")
+    parser.add_argument("--weighting", choices=("none", "min_snr"), default="none",
+                        help="the denoising loss's weights: none, or min-SNR-5 (Hang et al. 2023; docs/learned.md)")
+    parser.add_argument("--schedule", choices=tuple(SCHEDULES),
+                        help="the noise schedule at T = 1000 (default linear; docs/schedule.md)")
+    parser.add_argument("--zero-snr", action="store_true", help="rescale it to zero terminal SNR (Lin et al. 2024)")
+    parser.add_argument("--scheduler-config", metavar="FILE",
+                        help="a diffusers scheduler_config.json to take the schedule from instead (docs/schedule.md (S9))")
+
+
+def _schedule(args):
+    """The training schedule: --scheduler-config FILE, or --schedule (at T = 1000) with --zero-snr."""
+    if args.scheduler_config is None:
+        sched = SCHEDULES[args.schedule or "linear"](1000)
+        return sched.rescale_zero_terminal_snr() if args.zero_snr else sched
+    if args.schedule is not None or args.zero_snr:
+        raise ValueError("--scheduler-config names the whole schedule: give it without --schedule or --zero-snr")
+    try:
+        return Schedule.from_diffusers_config(args.scheduler_config)
+    except ValueError as err:
+        raise ValueError(f"--scheduler-config {args.scheduler_config}: {err}") from None
 
 
 def run_train(args):
     """Train a denoiser and a noisy classifier and save them as checkpoints.
 
     Train the denoiser (label dropout 0.3) and the noisy classifier with the default 2D budgets
-    and write DIR/denoiser.npz and DIR/classifier.npz.
+    and write DIR/denoiser.npz and DIR/classifier.npz. The denoiser may predict eps, x0, v or
+    the score; the schedule may be linear, cosine or Stable Diffusion's, or a diffusers config's.
     """
     outputs = {name: os.path.join(args.out, f"{name}.npz") for name in CLI_MODELS}
     _refuse_overwriting({path: "--out" for path in outputs.values()}, {args.data: "--data"})
     rng = np.random.default_rng(args.seed)
     data = datasets.load(args.data, 20_000, rng)
+    sched = _schedule(args)
     make_folder(args.out)
-    sched = Schedule.linear(1000)
     den = train_denoiser(data.x, data.y, sched, rng, num_labels=data.num_labels, verbose=not args.quiet,
+                         prediction=args.prediction, weighting=None if args.weighting == "none" else args.weighting,
                          **budget(DENOISER_2D, args.denoiser_steps))
     clf = train_classifier(data.x, data.y, sched, rng, num_labels=data.num_labels, verbose=not args.quiet,
                            **budget(CLASSIFIER_2D, args.classifier_steps))

@@ -64,13 +64,17 @@ def denoising_loss(params, config, xt, t, y_index, target, weight=None):
 def loss_weights(sched, t, prediction, gamma):
     """Per-row min-SNR-gamma weights (Hang et al. 2023, eq. 10 and Sec. 3.4) for a network predicting
     ``prediction`` (eq. (L5w)): min(SNR, gamma) / (SNR k), SNR = a / (1 - a), where k is the factor by
-    which that target's squared error exceeds the eps error it implies (L5k): k = 1 (eps), 1 / SNR
-    (x0), (SNR + 1) / SNR (v), SNR + 1 (score). Every target's weighted loss is then
-    min(SNR, gamma) times the x0 loss it implies. Float64 column (N, 1)."""
+    which that target's squared error exceeds the eps error it implies (docs/process.md, (C8)):
+    min(SNR, gamma) / SNR (eps), min(SNR, gamma) (x0), min(SNR, gamma) / (SNR + 1) (v),
+    (1 - a) min(SNR, gamma) / SNR (score). Every target's weighted loss is then min(SNR, gamma)
+    times the x0 loss it implies. Written with min(1, gamma / SNR), finite where a = 0 (zero
+    terminal SNR). Float64 column (N, 1)."""
     a = alpha_bar_of(sched, np.asarray(t))[:, None]
     snr = a / (1 - a)
-    k = {"eps": 1.0, "x0": 1 / snr, "v": (snr + 1) / snr, "score": snr + 1}[prediction]
-    return np.minimum(snr, gamma) / (snr * k)
+    with np.errstate(divide="ignore"):
+        ratio = np.minimum(1.0, gamma * (1 - a) / a)  # min(SNR, gamma) / SNR, 1 at SNR = 0
+    return {"eps": ratio, "x0": np.minimum(snr, gamma), "v": np.minimum(snr, gamma) / (snr + 1),
+            "score": ratio * (1 - a)}[prediction]
 
 
 def classifier_loss(params, config, xt, t, y):

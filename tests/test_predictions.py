@@ -1,9 +1,9 @@
-"""What a denoiser predicts: eps, x0, v or score (docs/process.md (C1)-(C6), docs/learned.md (L3p),
-(L5k), (L5w)).
+"""What a denoiser predicts: eps, x0, v or score (docs/process.md (C1)-(C6), (C8); docs/learned.md
+(L3p), (L5w)).
 
 The named conversions are checked against the specific ones (bit for bit at integer t) and the
 formulas at real t; the training targets against the conversions of the true eps; each target's
-squared error against the eps error it implies ((L5k), hypothesis), and the min-SNR weights against
+squared error against the eps error it implies ((C8), hypothesis), and the min-SNR weights against
 min(SNR, gamma) times the x0 error; the oracle's predictions against x0_mean (O4) and, by
 perturbation, as the minimisers of their own losses; the Denoiser's conversions, its checkpoint and
 its training in every target; and the excess in a target's own loss.
@@ -69,7 +69,7 @@ def test_a_draws_target_is_what_its_true_eps_implies(target, case):
 
 @pytest.mark.parametrize("target", PREDICTIONS)
 @given(st.integers(1, 1000), st.integers(0, 2 ** 32 - 1))
-def test_L5k_each_targets_error_is_k_times_the_eps_error_it_implies(target, t, seed):
+def test_C8_each_targets_error_is_k_times_the_eps_error_it_implies(target, t, seed):
     # An eps prediction off by delta implies a target prediction off by c_e delta ((C1), (C3), (C5)),
     # so its squared error is k = c_e^2 times delta^2: 1 (eps), 1 / SNR (x0), (SNR + 1) / SNR (v),
     # SNR + 1 (score), SNR = a / (1 - a): the factor loss_weights divides by (L5w).
@@ -93,6 +93,10 @@ def test_L5w_min_snr_weights_are_hang_et_als_for_eps_x0_and_v():
     snr = a / (1 - a)
     for target, want in (("eps", np.minimum(snr, 5) / snr), ("x0", np.minimum(snr, 5)), ("v", np.minimum(snr, 5) / (snr + 1))):
         np.testing.assert_allclose(loss_weights(SCHED, t, target, 5.0), want, rtol=1e-12)
+    # at SNR = 0 (zero terminal SNR) every weight is its finite limit: 1 (eps), 0 (x0, v), 1 (score)
+    zero = Schedule.linear(1000).rescale_zero_terminal_snr()
+    got = [loss_weights(zero, np.array([1000]), target, 5.0)[0, 0] for target in PREDICTIONS]
+    assert got == [1.0, 0.0, 0.0, 1.0]
 
 
 MIX = toy_data.mixture("three_gaussians")
