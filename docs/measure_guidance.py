@@ -3,7 +3,8 @@ strengths w (classifier guidance at s = 1 + w), with exact models and with learn
 
 Run: python docs/measure_guidance.py [--learned] [--images]
   (oracle only: ~20 s; --learned adds the 2D default budgets, ~2 min; --images adds the small
-  tiny-image budget of refdiff/train.py, ~2 min on 2 cores)
+  tiny-image budget of refdiff/train.py, ~2 min; 3-4 min for all with one BLAS thread on 2 cores
+  with one busy, as main sets it)
 """
 import argparse
 import time
@@ -11,6 +12,7 @@ import time
 import numpy as np
 
 import toy_data
+from refdiff import runtime
 from refdiff.samplers import ddpm
 from refdiff.schedule import Schedule
 from refdiff.sweep import format_table, image_measures, mixture_measures, scale_sweep
@@ -60,6 +62,7 @@ def main():
     parser.add_argument("--learned", action="store_true", help="also train the 2D models and sweep them")
     parser.add_argument("--images", action="store_true", help="also train the tiny-image models and sweep them")
     args = parser.parse_args()
+    runtime.set_threads(1)  # refdiff's own default (docs/learned.md, "Speed"): 2 threads stall when a core is busy
     mixture_tables(learned=False)
     if args.learned:
         mixture_tables(learned=True)

@@ -223,11 +223,11 @@ def run_demo(args):
 
     Train a denoiser (with label dropout) and a noisy classifier on 2D data, sample every
     guidance method they can run (classifier guidance and CFG) over a sweep of strengths, and
-    write figures, metrics.json and samples.npz to --out: 10-20 s on 2 cores with another
+    write figures, metrics.json and samples.npz to --out: 10-25 s on 2 cores with another
     process busy on one (the README says on which machines). With --data images: on the tiny
     images, pixel CFG, classifier guidance, CLIP guidance and latent CFG side by side, and
     captions steering the unconditional model (guidance_grid.png, captions.png, metrics.json,
-    samples.npz; 1.5-2.5 minutes); there --denoiser-steps and --classifier-steps override the
+    samples.npz; 1.5-3 minutes); there --denoiser-steps and --classifier-steps override the
     pixel models' budgets.
     """
     if args.data == IMAGES:
