@@ -20,7 +20,7 @@ from autograd.tracer import getval, isbox
 from .arrays import DTYPES, as_count, as_points, as_times, check_rng, is_real, row_max
 from .labels import NULL_LABEL, as_labels
 from .npz import config_from, config_object, read_schedule
-from .process import PREDICTIONS, eps_to_prediction, prediction_to_eps
+from .process import PREDICTIONS, eps_to_prediction, prediction_to_eps, prediction_to_x0
 
 
 def sigmoid(h):
@@ -419,13 +419,16 @@ class Denoiser(Network):
 
     def predict(self, x, t, y=None, target="eps"):
         """The prediction of ``target`` in process.PREDICTIONS at (x, t, y): the network's own output
-        for its own target, else converted through eps ((C1)-(C6); x0 and v need alpha_bar_t > 0)."""
+        for its own target; x0 by ``process.prediction_to_x0`` (from a v or x0 model also where
+        alpha_bar_t = 0); else converted through eps ((C1)-(C6); x0 and v need alpha_bar_t > 0)."""
         x, t = self._inputs(x, t)
         rows = label_rows(y, x.shape[0], self.config.num_labels)
         out = in_chunks(lambda *chunk: denoiser_forward(self.params, self.config, *chunk), x, t, rows)
         own = self.config.prediction
         if target == own:
             return out
+        if target == "x0":  # directly, so that a v model gives x0 at alpha_bar = 0 too
+            return prediction_to_x0(self.sched, x, t, out, own)
         eps = out if own == "eps" else prediction_to_eps(self.sched, x, t, out, own)
         return eps_to_prediction(self.sched, x, t, eps, target)
 

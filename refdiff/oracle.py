@@ -215,12 +215,18 @@ class GaussianMixture:
 
     def prediction_model(self, sched, target="eps"):
         """The Bayes-optimal prediction of ``target`` (process.PREDICTIONS) as ``model(x, t, y=None)``:
-        E[target | x_t, y], which is the conversion (C1), (C3) or (C5) of the exact eps (O3), since
-        at fixed x_t each conversion is affine (docs/process.md). For x0 it equals ``x0_mean`` (O4)."""
+        E[target | x_t, y]. For eps and the score, (O3) and its conversion (C3); for x0, ``x0_mean``
+        (O4); for v, sqrt(a) E[eps | x_t] - sqrt(1 - a) E[x0 | x_t] ((C5) is linear). Where
+        alpha_bar > 0 these equal the conversions (C1), (C5) of the exact eps (at fixed x_t each is
+        affine, docs/process.md); x0 and v hold at alpha_bar = 0 too (zero terminal SNR)."""
         eps_model = self.eps_model(sched)
 
         def model(x, t, y=None):
-            return eps_to_prediction(sched, x, t, eps_model(x, t, y), target)
+            if target not in ("x0", "v"):
+                return eps_to_prediction(sched, x, t, eps_model(x, t, y), target)
+            x = as_points(x, "x", dim=self.dim)
+            x0 = self.x0_mean(x, _alpha_bar(sched, t, x.shape[0]), y).astype(x.dtype)
+            return x0 if target == "x0" else target_of(sched, x0, t, eps_model(x, t, y), "v")
         return model
 
     def classifier(self, sched):

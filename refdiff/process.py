@@ -129,6 +129,19 @@ def prediction_to_eps(sched, xt, t, prediction, target):
     return _convert(sched, xt, t, prediction, "prediction", target, True, True)
 
 
+def prediction_to_x0(sched, xt, t, prediction, source):
+    """The x0 that a prediction of ``source`` (process.PREDICTIONS) implies at x_t; t as in
+    ``eps_to_prediction``. From v by the rotation back, x0 = sqrt(a) x_t - sqrt(1 - a) v (docs/process.md,
+    "v"), which holds at alpha_bar = 0 too (x0 = -v there, zero terminal SNR); from x0 itself; from
+    eps or the score through eps, (C1), which needs alpha_bar > 0."""
+    if source == "v":
+        (xt, v), _, a = _prepare(sched, t, ("xt", xt), ("prediction", prediction), real=True)
+        return _combine(np.sqrt(a), xt, -np.sqrt(1 - a), v)
+    if source == "x0":
+        return _prepare(sched, t, ("xt", xt), ("prediction", prediction), real=True)[0][1].copy()
+    return eps_to_prediction(sched, xt, t, prediction_to_eps(sched, xt, t, prediction, source), "x0")
+
+
 def eps_to_x0(sched, xt, t, eps):
     """x0 = (x_t - sqrt(1 - a) eps) / sqrt(a), inverting eq. (P1) (eq. (C1))."""
     return _convert(sched, xt, t, eps, "eps", "x0", False, False)

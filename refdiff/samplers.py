@@ -35,7 +35,7 @@ GRID_SPACINGS = SPACINGS + ("karras",)
 KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5 and Table 1
 
 
-def sampling_grid(sched, steps, spacing=None, discrete=False):
+def sampling_grid(sched, steps, spacing=None, discrete=False, x0_at_zero=False):
     """The decreasing times a sampler visits before its last step to t = 0.
 
     Parameters
@@ -63,10 +63,10 @@ def sampling_grid(sched, steps, spacing=None, discrete=False):
             raise ValueError("steps must be integer timesteps for this sampler, which steps between the schedule's "
                              f"integer timesteps (ode and ode_adaptive take real times), got {grid}")
         grid = grid.astype(np.int64)
-    if alpha_bar_of(sched, grid[:1])[0] == 0:
+    if alpha_bar_of(sched, grid[:1])[0] == 0 and not x0_at_zero:
         raise ValueError(f"steps: the grid starts at t = {grid[0]}, where alpha_bar = 0 (a zero-terminal-SNR schedule, "
                          "docs/schedule.md (S8)): an eps prediction cannot give x0 there; start below it (e.g. "
-                         "spacing 'leading') or drop t = T from the grid")
+                         "spacing 'leading'), drop t = T from the grid, or give ddim an x0_fn (a v or x0 model's)")
     return grid
 
 
@@ -136,7 +136,7 @@ def ddpm(eps_fn, sched, x_T, rng, steps=None, *, spacing=None, variance="beta_ti
     return (x, np.stack(path)) if return_path else x
 
 
-def ddim(eps_fn, sched, x_T, steps, *, eta=0.0, spacing=None, rng=None, return_path=False, callback=None):
+def ddim(eps_fn, sched, x_T, steps, *, eta=0.0, spacing=None, rng=None, return_path=False, callback=None, x0_fn=None):
     """DDIM, Song et al. (2021) eq. 12 with sigma from eq. 16 (eq. (D2)).
 
     x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma z, where
@@ -144,10 +144,13 @@ def ddim(eps_fn, sched, x_T, steps, *, eta=0.0, spacing=None, rng=None, return_p
     last step goes to t = 0 (a_prev = 1, so sigma = 0 there). eta = 0 is deterministic and
     needs no rng; eta = 1 with every timestep has sigma^2 = beta_tilde, DDPM's posterior
     variance (eq. (D3)). ``steps``: a step count or integer timesteps (``sampling_grid``).
+    ``x0_fn(x, t) -> x0_hat``, if given, is used at a step where alpha_bar_t = 0 (the first of a
+    trailing grid on a zero-terminal-SNR schedule, docs/schedule.md (S8)), where (C1) cannot give
+    x0_hat: a v or x0 model's ``model.predict(x, t, y, "x0")`` (x_T is eps there exactly).
     """
     eta = _checked_eta(eta, rng)
     x = as_points(x_T, "x_T")
-    ts = sampling_grid(sched, steps, spacing, discrete=True)
+    ts = sampling_grid(sched, steps, spacing, discrete=True, x0_at_zero=x0_fn is not None)
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         a, a_prev = sched.alpha_bar[t], sched.alpha_bar[t_prev]
@@ -155,14 +158,17 @@ def ddim(eps_fn, sched, x_T, steps, *, eta=0.0, spacing=None, rng=None, return_p
         if sigma ** 2 > 1 - a_prev:
             raise ValueError(f"eta = {eta} is too large: sigma^2 exceeds 1 - alpha_bar_prev at t = {t}")
         eps = _call(eps_fn, x, t)
-        x = _step_done(_ddim_update(sched, x, t, t_prev, eps, sigma, rng), t, eps, path, return_path, callback)
+        x0 = _call(x0_fn, x, t, "x0_fn") if a == 0 else None
+        x = _step_done(_ddim_update(sched, x, t, t_prev, eps, sigma, rng, x0), t, eps, path, return_path, callback)
     return (x, np.stack(path)) if return_path else x
 
 
-def _ddim_update(sched, x, t, t_prev, eps, sigma, rng):
-    """One step of (D2) from integer timestep t to t_prev with the noise level sigma (a draw of z only if sigma > 0)."""
+def _ddim_update(sched, x, t, t_prev, eps, sigma, rng, x0=None):
+    """One step of (D2) from integer timestep t to t_prev with the noise level sigma (a draw of z only
+    if sigma > 0); x0_hat is (C1) of eps unless given."""
     a_prev = sched.alpha_bar[t_prev]
-    x0 = eps_to_x0(sched, x, np.full(x.shape[0], t), eps)  # (C1) x0_hat = (x - sqrt(1 - a) eps) / sqrt(a)
+    if x0 is None:
+        x0 = eps_to_x0(sched, x, np.full(x.shape[0], t), eps)  # (C1) x0_hat = (x - sqrt(1 - a) eps) / sqrt(a)
     x_new = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - sigma ** 2) * eps  # (D2), DDIM eq. 12
     if sigma > 0:  # (D2) + sigma z, one draw per noise-injecting step
         x_new = x_new + sigma * rng.standard_normal(x.shape, dtype=x.dtype)

@@ -102,14 +102,16 @@ def test_L5w_min_snr_weights_are_hang_et_als_for_eps_x0_and_v():
 MIX = toy_data.mixture("three_gaussians")
 
 
-def test_the_oracles_x0_prediction_is_its_posterior_mean():
+@pytest.mark.parametrize("target", ["x0", "v"])
+def test_the_oracles_x0_and_v_are_the_conversions_of_its_eps(target):
+    # prediction_model computes x0 by (O4), without eps, and v from it; (C1), (C5) of the exact eps agree
     rng = np.random.default_rng(0)
     x, t = 2 * rng.standard_normal((200, 2)), rng.integers(1, 1001, 200)
     y = rng.integers(0, 3, 200)
-    got = MIX.prediction_model(SCHED, "x0")(x, t, y)
-    want = MIX.x0_mean(x, SCHED.alpha_bar[t], y)  # (O4), computed without eps
-    # eps* within a few ulps of (1 + |x|), amplified by s / r <= 1 / sqrt(a) in (C1): measured 2 ulps
-    assert_bounded(got, want, 16 * EPS64 * (1 + np.abs(x)) / np.sqrt(SCHED.alpha_bar[t])[:, None], "x0")
+    got = MIX.prediction_model(SCHED, target)(x, t, y)
+    want = eps_to_prediction(SCHED, x, t, MIX.eps_model(SCHED)(x, t, y), target)
+    # eps* within a few ulps of (1 + |x|), amplified by s / r <= 1 / sqrt(a) in (C1), (C5): measured 2 ulps
+    assert_bounded(got, want, 16 * EPS64 * (1 + np.abs(x)) / np.sqrt(SCHED.alpha_bar[t])[:, None], target)
 
 
 @pytest.mark.parametrize("target", PREDICTIONS)
@@ -152,8 +154,11 @@ def test_a_denoiser_returns_the_eps_its_prediction_implies_and_predicts_every_ta
     own = model.predict(x, t, y, prediction)
     np.testing.assert_array_equal(model(x, t, y), prediction_to_eps(SCHED, x, t, own, prediction))
     for target in PREDICTIONS:
-        want = own if target == prediction else eps_to_prediction(SCHED, x, t, model(x, t, y), target)
-        np.testing.assert_array_equal(model.predict(x, t, y, target), want)
+        through_eps = eps_to_prediction(SCHED, x, t, model(x, t, y), target)
+        direct = process.prediction_to_x0(SCHED, x, t, own, prediction) if target == "x0" else through_eps
+        np.testing.assert_array_equal(model.predict(x, t, y, target), own if target == prediction else direct)
+        # x0 straight from the prediction and through eps agree to round-off amplified by 1 / sqrt(a) (157)
+        np.testing.assert_allclose(model.predict(x, t, y, target), through_eps, rtol=1e-12, atol=1e-11)
     checkpoint.save(tmp_path / "m.npz", model)
     back = checkpoint.load(tmp_path / "m.npz")
     assert back.config.prediction == prediction and np.array_equal(back(x, t, y), model(x, t, y))
@@ -189,3 +194,17 @@ def test_bad_prediction_weighting_and_gamma_are_refused_by_name():
             call()
     with pytest.raises(ValueError, match=r"\bprediction\b"):
         MLPConfig("classifier", 2, 3, prediction="v")
+
+
+def test_a_v_denoiser_gives_x0_at_zero_terminal_snr_where_eps_cannot():
+    # at alpha_bar_T = 0 the rotation gives x0 = -v exactly; through eps, (C1) refuses
+    zero = Schedule.scaled_linear(1000).rescale_zero_terminal_snr()
+    config = MLPConfig("denoiser", 2, 3, hidden=16, depth=2, prediction="v")
+    params = init_params(config, np.random.default_rng(8))
+    params["W_out"] = 0.3 * np.random.default_rng(9).standard_normal(params["W_out"].shape)
+    model, x = Denoiser(params, config, zero), np.random.default_rng(10).standard_normal((4, 2))
+    v = model.predict(x, 1000, 0, "v")
+    np.testing.assert_array_equal(model.predict(x, 1000, 0, "x0"), -v)
+    np.testing.assert_array_equal(model(x, 1000, 0), x)  # eps = sqrt(1 - a) x + sqrt(a) v = x_T
+    with pytest.raises(ValueError, match=r"\bt = 1000\b"):
+        eps_to_prediction(zero, x, 1000, model(x, 1000, 0), "x0")
