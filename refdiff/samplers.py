@@ -35,7 +35,7 @@ GRID_SPACINGS = SPACINGS + ("karras",)
 KARRAS_RHO = 7.0  # Karras et al. (2022), eq. 5 and Table 1
 
 
-def sampling_grid(sched, steps, spacing=None, discrete=False, x0_at_zero=False):
+def sampling_grid(sched, steps, spacing=None, discrete=False):
     """The decreasing times a sampler visits before its last step to t = 0.
 
     Parameters
@@ -63,6 +63,13 @@ def sampling_grid(sched, steps, spacing=None, discrete=False, x0_at_zero=False):
             raise ValueError("steps must be integer timesteps for this sampler, which steps between the schedule's "
                              f"integer timesteps (ode and ode_adaptive take real times), got {grid}")
         grid = grid.astype(np.int64)
+    return grid
+
+
+def _sampler_grid(sched, steps, spacing=None, discrete=False, x0_at_zero=False):
+    """``sampling_grid`` for a sampler, which refuses a grid that starts where alpha_bar = 0 unless it
+    is given x0 there (``x0_at_zero``: ddim's x0_fn): an eps prediction cannot give x0 at that t."""
+    grid = sampling_grid(sched, steps, spacing, discrete)
     if alpha_bar_of(sched, grid[:1])[0] == 0 and not x0_at_zero:
         raise ValueError(f"steps: the grid starts at t = {grid[0]}, where alpha_bar = 0 (a zero-terminal-SNR schedule, "
                          "docs/schedule.md (S8)): an eps prediction cannot give x0 there; start below it (e.g. "
@@ -120,7 +127,7 @@ def ddpm(eps_fn, sched, x_T, rng, steps=None, *, spacing=None, variance="beta_ti
     if steps is None and spacing is not None:
         raise ValueError(f"spacing={spacing!r} needs steps: without steps DDPM visits every timestep")
     rng, x = check_rng(rng), as_points(x_T, "x_T")
-    ts = sampling_grid(sched, np.arange(sched.T, 0, -1) if steps is None else steps, spacing, discrete=True)
+    ts = _sampler_grid(sched, np.arange(sched.T, 0, -1) if steps is None else steps, spacing, discrete=True)
     sub = sched.respace(ts)  # (S5): index j of sub stands for timestep ts[S - j]
     var_table = sub.posterior_variance() if variance == "beta_tilde" else sub.betas  # (P3) or beta
     path = [x]
@@ -150,7 +157,7 @@ def ddim(eps_fn, sched, x_T, steps, *, eta=0.0, spacing=None, rng=None, return_p
     """
     eta = _checked_eta(eta, rng)
     x = as_points(x_T, "x_T")
-    ts = sampling_grid(sched, steps, spacing, discrete=True, x0_at_zero=x0_fn is not None)
+    ts = _sampler_grid(sched, steps, spacing, discrete=True, x0_at_zero=x0_fn is not None)
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         a, a_prev = sched.alpha_bar[t], sched.alpha_bar[t_prev]
@@ -201,7 +208,7 @@ def euler_ancestral(eps_fn, sched, x_T, steps, *, eta=1.0, spacing=None, rng=Non
     """
     eta = _checked_eta(eta, rng)
     x = as_points(x_T, "x_T")
-    ts = sampling_grid(sched, steps, spacing, discrete=True)
+    ts = _sampler_grid(sched, steps, spacing, discrete=True)
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         s, s_prev = sched.sigma_at(t), sched.sigma_at(t_prev)
@@ -234,7 +241,7 @@ def dpmpp_2m(eps_fn, sched, x_T, steps, *, spacing=None, rng=None, return_path=F
     """
     _check_unused_rng(rng)
     x = as_points(x_T, "x_T")
-    ts = sampling_grid(sched, steps, spacing)
+    ts = _sampler_grid(sched, steps, spacing)
     path, d_last, h_last = [x], None, None
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         a, a_prev = float(sched.alpha_bar_at(t)), float(sched.alpha_bar_at(t_prev))  # exact at integers (S6)
@@ -275,7 +282,7 @@ def ode(eps_fn, sched, x_T, steps, method="euler", *, spacing=None, rng=None, re
         raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
     _check_unused_rng(rng)
     x = as_points(x_T, "x_T")
-    ts = sampling_grid(sched, steps, spacing)
+    ts = _sampler_grid(sched, steps, spacing)
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         x_new, eps = _ode_step(eps_fn, sched, x, t, t_prev, method)
@@ -301,7 +308,7 @@ def dpmpp_2s(eps_fn, sched, x_T, steps, *, spacing=None, rng=None, return_path=F
     """
     _check_unused_rng(rng)
     x = as_points(x_T, "x_T")
-    ts = sampling_grid(sched, steps, spacing)
+    ts = _sampler_grid(sched, steps, spacing)
     path = [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         a, s = float(sched.alpha_bar_at(t)), float(sched.sigma_at(t))
@@ -337,7 +344,7 @@ def dpmpp_2m_sde(eps_fn, sched, x_T, steps, *, eta=1.0, spacing=None, rng=None, 
     """
     eta = _checked_eta(eta, rng)
     x = as_points(x_T, "x_T")
-    ts = sampling_grid(sched, steps, spacing)
+    ts = _sampler_grid(sched, steps, spacing)
     path, d_last, h_last = [x], None, None
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         a, s = float(sched.alpha_bar_at(t)), float(sched.sigma_at(t))
@@ -403,7 +410,7 @@ def edm(eps_fn, sched, x_T, steps, *, s_churn=0.0, s_tmin=0.0, s_tmax=None, s_no
     else:
         _check_unused_rng(rng)
     x = as_points(x_T, "x_T")
-    ts = sampling_grid(sched, steps, spacing)
+    ts = _sampler_grid(sched, steps, spacing)
     s_max, path = float(sched.sigma_at(sched.T)), [x]
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         s = float(sched.sigma_at(t))
@@ -449,7 +456,7 @@ def ddim_invert(eps_fn, sched, x0, steps, *, spacing=None, rng=None, return_path
     """
     _check_unused_rng(rng)
     x = as_points(x0, "x0")
-    ts = sampling_grid(sched, steps, spacing, discrete=True)[::-1]  # increasing: t_{S-1}, ..., t_0
+    ts = _sampler_grid(sched, steps, spacing, discrete=True)[::-1]  # increasing: t_{S-1}, ..., t_0
     path = [x]
     for s, t in zip(np.append(0, ts[:-1]), ts):
         a_s, a_t = sched.alpha_bar[s], sched.alpha_bar[t]  # alpha_bar[0] = 1
@@ -559,7 +566,7 @@ def ode_adaptive(eps_fn, sched, x_T, steps=None, *, spacing=None, rng=None, rtol
         raise ValueError("ode_adaptive needs alpha_bar_T > 0: sigma(T) is infinite")
     _check_unused_rng(rng)
     x = as_points(x_T, "x_T")
-    ts = sampling_grid(sched, np.unique([sched.T, 1])[::-1] if steps is None else steps, spacing)
+    ts = _sampler_grid(sched, np.unique([sched.T, 1])[::-1] if steps is None else steps, spacing)
     sigmas = [float(sched.sigma_at(t)) for t in ts]
     x_tilde, path = x.astype(np.float64).reshape(-1) / np.sqrt(float(sched.alpha_bar_at(ts[0]))), [x]
     for i, x_next in enumerate(_rk45_states(eps_fn, sched, x, x_tilde, sigmas, rtol, atol)):  # x~ at ts[1:]
