@@ -17,6 +17,8 @@ from .labels import NULL_LABEL, as_labels
 from .nn import log_softmax
 from .process import eps_to_x0
 
+APG_FORMS = ("paper", "diffusers")  # apg_rule: the guided prediction built on cond, or on uncond at 1 + w
+
 
 def classifier_grad(logits_model, sched, y, scale):
     """g(x_t, t) = scale * grad_x log softmax(logits(x_t, t))[y], eq. (G2).
@@ -183,14 +185,72 @@ def classifier_free_guidance(eps_model, y, w):
     return eps_fn
 
 
-def _both(eps_model, x, t, y):
-    """(eps(x, t, y), eps(x, t, null)) from one batched call on [x; x] with labels [y; NULL_LABEL]."""
+def negative_prompt_guidance(eps_model, y, y_neg, w):
+    """eps_bar = (1 + w) eps(x_t, t, y) - w eps(x_t, t, y_neg), eq. (G15): CFG (G5) pushed away from a
+    negative label instead of from the unconditional model; y_neg = NULL_LABEL is CFG, bit for bit.
+
+    Both predictions come from one batched call, as in ``classifier_free_guidance``; y and y_neg are
+    ints or int arrays (N,) (y_neg may hold NULL_LABEL).
+    """
+    w = as_real(w, "w")
+
+    def eps_fn(x, t):
+        return cfg_rule(*_both(eps_model, x, t, y, y_neg), w)
+    return eps_fn
+
+
+def _both(eps_model, x, t, y, y_other=NULL_LABEL):
+    """(eps(x, t, y), eps(x, t, y_other)) from one batched call on [x; x] with labels [y; y_other]
+    (y_other the null label: the unconditional prediction)."""
     x = as_points(x, "x")
     n = x.shape[0]
-    labels = _target_labels(y, n)
+    labels, others = _target_labels(y, n), _target_labels(y_other, n, "y_neg", allow_null=True)
     tt = np.broadcast_to(np.asarray(t), (n,))
-    both = eps_model(np.concatenate([x, x]), np.concatenate([tt, tt]), np.concatenate([labels, np.full(n, NULL_LABEL)]))
+    both = eps_model(np.concatenate([x, x]), np.concatenate([tt, tt]), np.concatenate([labels, others]))
     return both[:n], both[n:]
+
+
+def _per_sample_dot(a, b):
+    """<a_i, b_i> over all non-batch axes, shape (N, 1, ..., 1) to broadcast against a."""
+    return np.sum(a * b, axis=tuple(range(1, a.ndim)), keepdims=True)
+
+
+def apg_rule(cond, uncond, w, eta=0.0, norm_threshold=None, form="paper"):
+    """Adaptive projected guidance, eq. (G16): Sadat et al. (2024), Alg. 1 without momentum.
+
+    d = cond - uncond, scaled per sample to norm at most ``norm_threshold`` (None: no threshold,
+    which diffusers writes 0 and the paper infinity); d_par = (<d, cond> /
+    ||cond||^2) cond (0 where cond = 0) and d_perp = d - d_par, norms and products per sample over
+    all non-batch axes. form "paper": cond + w (d_perp + eta d_par); form "diffusers": uncond +
+    (1 + w)(d_perp + eta d_par) (diffusers' ``normalized_guidance`` at guidance_scale 1 + w, its
+    default ``use_original_formulation=False``). eta = 1 without a threshold is CFG (G5) in both.
+    """
+    w, eta = as_real(w, "w"), as_real(eta, "eta")
+    threshold = as_real(norm_threshold, "norm_threshold", above=0, optional=True)
+    if form not in APG_FORMS:
+        raise ValueError(f"form must be one of {APG_FORMS}, got {form!r}")
+    d = cond - uncond
+    norm = np.sqrt(_per_sample_dot(d, d))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = d if threshold is None else d * np.where(norm > threshold, threshold / norm, 1.0)
+        along = np.nan_to_num(_per_sample_dot(d, cond) / _per_sample_dot(cond, cond), nan=0.0, posinf=0.0, neginf=0.0)
+    parallel = along * cond
+    update = (d - parallel) + eta * parallel
+    return cond + w * update if form == "paper" else uncond + (1 + w) * update
+
+
+def cfg_zero_star_rule(cond, uncond, w):
+    """(1 + w) cond - w s* uncond with s* = <cond, uncond> / ||uncond||^2 per sample over all non-batch
+    axes (0 where uncond = 0), eq. (G17): CFG-Zero* of Fan et al. (2025), its optimised scale.
+
+    s* uncond is the projection of cond onto uncond, so s* = 1 (cond - uncond orthogonal to uncond)
+    is CFG (G5), bit for bit.
+    """
+    w = as_real(w, "w")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.nan_to_num(_per_sample_dot(cond, uncond) / _per_sample_dot(uncond, uncond), nan=0.0,
+                              posinf=0.0, neginf=0.0)
+    return cfg_rule(cond, scale * uncond, w)
 
 
 def rescaled_cfg(eps_model, y, w, phi):
@@ -256,11 +316,12 @@ def _sum_log_softmax_at(logits, labels):
     return anp.sum(log_softmax(logits)[np.arange(len(labels)), labels])
 
 
-def _target_labels(y, n):
-    """y as int64 (n,), each >= 0; the models check the upper end against their own K."""
-    labels = as_labels(y, n, np.iinfo(np.int64).max, allow_null=False)
+def _target_labels(y, n, name="y", allow_null=False):
+    """y as int64 (n,), each >= 0 (or NULL_LABEL, if allowed); the models check the upper end
+    against their own K."""
+    labels = as_labels(y, n, np.iinfo(np.int64).max, allow_null=allow_null, name=name)
     if labels is None:
-        raise ValueError("y must be a label (int or int array) for guidance, got None")
+        raise ValueError(f"{name} must be a label (int or int array) for guidance, got None")
     return labels
 
 
