@@ -134,6 +134,8 @@ def prediction_to_x0(sched, xt, t, prediction, source):
     ``eps_to_prediction``. From v by the rotation back, x0 = sqrt(a) x_t - sqrt(1 - a) v (docs/process.md,
     "v"), which holds at alpha_bar = 0 too (x0 = -v there, zero terminal SNR); from x0 itself; from
     eps or the score through eps, (C1), which needs alpha_bar > 0."""
+    if source not in PREDICTIONS:
+        raise ValueError(f"source must be one of {PREDICTIONS}, got {source!r}")
     if source == "v":
         (xt, v), _, a = _prepare(sched, t, ("xt", xt), ("prediction", prediction), real=True)
         return _combine(np.sqrt(a), xt, -np.sqrt(1 - a), v)

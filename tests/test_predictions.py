@@ -192,6 +192,8 @@ def test_bad_prediction_weighting_and_gamma_are_refused_by_name():
     for call in (lambda: eps_to_prediction(SCHED, x0, 5, x0, "noise"), lambda: target_of(SCHED, x0, 5, x0, "sample")):
         with pytest.raises(ValueError, match=r"\btarget\b"):
             call()
+    with pytest.raises(ValueError, match=r"\bsource\b"):
+        process.prediction_to_x0(SCHED, x0, 5, x0, "sample")
     with pytest.raises(ValueError, match=r"\bprediction\b"):
         MLPConfig("classifier", 2, 3, prediction="v")
 
