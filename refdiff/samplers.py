@@ -151,9 +151,12 @@ def ddim(eps_fn, sched, x_T, steps, *, eta=0.0, spacing=None, rng=None, return_p
     last step goes to t = 0 (a_prev = 1, so sigma = 0 there). eta = 0 is deterministic and
     needs no rng; eta = 1 with every timestep has sigma^2 = beta_tilde, DDPM's posterior
     variance (eq. (D3)). ``steps``: a step count or integer timesteps (``sampling_grid``).
-    ``x0_fn(x, t) -> x0_hat``, if given, is used at a step where alpha_bar_t = 0 (the first of a
-    trailing grid on a zero-terminal-SNR schedule, docs/schedule.md (S8)), where (C1) cannot give
-    x0_hat: a v or x0 model's ``model.predict(x, t, y, "x0")`` (x_T is eps there exactly).
+
+    ``x0_fn(x, t) -> x0_hat``, if given, gives x0_hat at every step in place of (C1), and eps_fn
+    only the direction back to t_prev: (D2) with its two predictions apart. CFG++ passes the
+    guided x0 and the unconditional eps (``guidance.cfg_pp``, eq. (G21)); a v or x0 model's
+    ``model.predict(x, t, y, "x0")`` makes a grid from alpha_bar_t = 0 possible (the first step of a
+    trailing grid on a zero-terminal-SNR schedule, docs/schedule.md (S8)), where (C1) has no x0_hat.
     """
     eta = _checked_eta(eta, rng)
     x = as_points(x_T, "x_T")
@@ -165,7 +168,7 @@ def ddim(eps_fn, sched, x_T, steps, *, eta=0.0, spacing=None, rng=None, return_p
         if sigma ** 2 > 1 - a_prev:
             raise ValueError(f"eta = {eta} is too large: sigma^2 exceeds 1 - alpha_bar_prev at t = {t}")
         eps = _call(eps_fn, x, t)
-        x0 = _call(x0_fn, x, t, "x0_fn") if a == 0 else None
+        x0 = None if x0_fn is None else _call(x0_fn, x, t, "x0_fn")
         x = _step_done(_ddim_update(sched, x, t, t_prev, eps, sigma, rng, x0), t, eps, path, return_path, callback)
     return (x, np.stack(path)) if return_path else x
 
@@ -183,7 +186,7 @@ def _ddim_update(sched, x, t, t_prev, eps, sigma, rng, x0=None):
 
 
 def euler_ancestral(eps_fn, sched, x_T, steps, *, eta=1.0, spacing=None, rng=None, return_path=False,
-                    callback=None):
+                    callback=None, x0_fn=None):
     """Euler ancestral sampling, k-diffusion's ``sample_euler_ancestral`` (eq. (D7)).
 
     In Karras et al.'s variables x~ = x / sqrt(a), sigma = sqrt((1 - a) / a) (eq. (D4)), each step
@@ -205,6 +208,8 @@ def euler_ancestral(eps_fn, sched, x_T, steps, *, eta=1.0, spacing=None, rng=Non
     eps_fn : callable (x (N, D), t (N,) ints) -> eps (N, D); sched : Schedule; x_T : array (N, D)
     steps, spacing : the grid (``sampling_grid``); eta : float >= 0 (k-diffusion's default 1);
     rng : numpy.random.Generator, needed when eta > 0
+    x0_fn : callable (x, t) -> x0_hat in place of (C1), as in ``ddim`` (CFG++, (G21); the grid
+        must still start where alpha_bar > 0)
     """
     eta = _checked_eta(eta, rng)
     x = as_points(x_T, "x_T")
@@ -214,8 +219,9 @@ def euler_ancestral(eps_fn, sched, x_T, steps, *, eta=1.0, spacing=None, rng=Non
         s, s_prev = sched.sigma_at(t), sched.sigma_at(t_prev)
         s_up = min(s_prev, eta * np.sqrt(s_prev ** 2 * (s ** 2 - s_prev ** 2) / s ** 2))  # (D7)
         eps = _call(eps_fn, x, t)
+        x0 = None if x0_fn is None else _call(x0_fn, x, t, "x0_fn")
         sigma = np.sqrt(sched.alpha_bar[t_prev]) * s_up  # (D7) the noise of x~ carried back to x
-        x = _step_done(_ddim_update(sched, x, t, t_prev, eps, sigma, rng), t, eps, path, return_path, callback)
+        x = _step_done(_ddim_update(sched, x, t, t_prev, eps, sigma, rng, x0), t, eps, path, return_path, callback)
     return (x, np.stack(path)) if return_path else x
 
 
