@@ -12,10 +12,11 @@ import numpy as np
 from autograd import grad
 from autograd.tracer import getval
 
-from .arrays import alpha_bar_of, as_points, as_real, as_times
+from .arrays import alpha_bar_of, as_count, as_points, as_real, as_times
 from .labels import NULL_LABEL, as_labels
 from .nn import log_softmax
-from .process import eps_to_x0
+from .process import PREDICTIONS, eps_to_prediction, eps_to_x0, prediction_to_eps
+from .samplers import sampling_grid
 
 APG_FORMS = ("paper", "diffusers")  # apg_rule: the guided prediction built on cond, or on uncond at 1 + w
 
@@ -215,6 +216,17 @@ def _per_sample_dot(a, b):
     return np.sum(a * b, axis=tuple(range(1, a.ndim)), keepdims=True)
 
 
+def _projection(a, onto):
+    """The projection of each a_i onto onto_i, (<a_i, onto_i> / ||onto_i||^2) onto_i, over all
+    non-batch axes; 0 where onto_i = 0 (nothing to project onto). onto_i is divided by its largest
+    |entry| first (the projection does not change), so tiny or huge vectors neither underflow nor overflow."""
+    axes = tuple(range(1, onto.ndim))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unit = np.nan_to_num(onto / np.max(np.abs(onto), axis=axes, keepdims=True), nan=0.0)
+        along = np.nan_to_num(_per_sample_dot(a, unit) / _per_sample_dot(unit, unit), nan=0.0, posinf=0.0, neginf=0.0)
+    return along * unit
+
+
 def apg_rule(cond, uncond, w, eta=0.0, norm_threshold=None, form="paper"):
     """Adaptive projected guidance, eq. (G16): Sadat et al. (2024), Alg. 1 without momentum.
 
@@ -225,18 +237,112 @@ def apg_rule(cond, uncond, w, eta=0.0, norm_threshold=None, form="paper"):
     (1 + w)(d_perp + eta d_par) (diffusers' ``normalized_guidance`` at guidance_scale 1 + w, its
     default ``use_original_formulation=False``). eta = 1 without a threshold is CFG (G5) in both.
     """
+    settings = _apg_settings(w, eta, norm_threshold, form)
+    return _apg_combine(cond, uncond, cond - uncond, *settings)
+
+
+def _apg_settings(w, eta, norm_threshold, form):
+    """(w, eta, threshold, form) of (G16) checked, each named."""
     w, eta = as_real(w, "w"), as_real(eta, "eta")
     threshold = as_real(norm_threshold, "norm_threshold", above=0, optional=True)
     if form not in APG_FORMS:
         raise ValueError(f"form must be one of {APG_FORMS}, got {form!r}")
-    d = cond - uncond
-    norm = np.sqrt(_per_sample_dot(d, d))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = d if threshold is None else d * np.where(norm > threshold, threshold / norm, 1.0)
-        along = np.nan_to_num(_per_sample_dot(d, cond) / _per_sample_dot(cond, cond), nan=0.0, posinf=0.0, neginf=0.0)
-    parallel = along * cond
+    return w, eta, threshold, form
+
+
+def _apg_combine(cond, uncond, d, w, eta, threshold, form):
+    """(G16) from a guidance difference d: cond - uncond, or its momentum average (G16m)."""
+    if threshold is not None:
+        norm = np.sqrt(_per_sample_dot(d, d))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = d * np.where(norm > threshold, threshold / norm, 1.0)
+    parallel = _projection(d, cond)
     update = (d - parallel) + eta * parallel
     return cond + w * update if form == "paper" else uncond + (1 + w) * update
+
+
+def apg_guidance(eps_model, sched, y, w, eta=0.0, norm_threshold=None, momentum=0.0, form="paper", prediction="x0"):
+    """eps_bar of adaptive projected guidance, (G16) with momentum (G16m): Sadat et al. (2024), Alg. 1.
+
+    Both predictions (one batched call) are converted to ``prediction`` (process.PREDICTIONS; the
+    paper's x0, eq. (C1)), combined by (G16) with the difference d replaced by its running average
+    d_avg = d + momentum * d_avg_prev (the paper's reverse momentum uses momentum < 0, e.g. -0.5;
+    0 is ``apg_rule``), and converted back to eps. The average lives for one sampling call
+    (``_PerCall``): it restarts when the eps_fn is called at a later time than the last call's or
+    with another batch shape, and is updated at every call (like diffusers' ``MomentumBuffer``).
+    """
+    settings = _apg_settings(w, eta, norm_threshold, form)
+    momentum = as_real(momentum, "momentum")
+    _check_prediction(prediction)
+    _check_schedule(eps_model, sched, "eps_model")
+    state = _PerCall()
+
+    def eps_fn(x, t):
+        x, tt, _ = _guidance_inputs(x, t, None, sched)
+        cond, uncond = (eps_to_prediction(sched, x, tt, e, prediction) for e in _both(eps_model, x, tt, y))
+        state.advance(tt, x)
+        d = cond - uncond
+        state.value = d if state.value is None else d + momentum * state.value  # (G16m)
+        return prediction_to_eps(sched, x, tt, _apg_combine(cond, uncond, state.value, *settings), prediction)
+    return eps_fn
+
+
+class _PerCall:
+    """What a guided eps_fn keeps across the steps of one sampling call: APG's momentum average
+    (``value``) and the count of distinct times seen (``steps``, for CFG-Zero*'s first steps).
+
+    A sampler's times never increase within a call, every call starts at its largest time, and no
+    call comes back to the (t, x) it started from. So the state restarts at a call at a later time
+    than the last one, on a batch of another shape, or at the very (t, x) the current sampling call
+    started from (the same call made again). Another evaluation at the same time with another x
+    (Heun's at the next grid time) is the same step. An eps_fn with this state serves one sampling
+    call at a time (not two threads); under DDIM inversion (increasing times) it restarts at every call.
+    """
+
+    def __init__(self):
+        self.time, self.start, self.steps, self.value = None, None, 0, None
+
+    def advance(self, t, x):
+        """Note a call at times t (one per row) on the batch x; return the step's number, 1 first."""
+        time = float(np.max(t))
+        start_time, start_x = self.start if self.start is not None else (None, None)
+        if (self.time is None or time > self.time or x.shape != start_x.shape
+                or (time == start_time and np.array_equal(x, start_x))):
+            self.steps, self.value, self.start = 0, None, (time, x.copy())
+        if self.steps == 0 or time != self.time:
+            self.steps += 1
+        self.time = time
+        return self.steps
+
+
+def perp_neg_rule(cond, uncond, neg, w, w_neg):
+    """uncond + (1 + w) d_pos - w_neg d_neg_perp, eq. (G18): Perp-Neg, Armandpour et al. (2023), Alg. 1
+    with their w_pos = 1 + w (CFG's weight, (G6)).
+
+    d_pos = cond - uncond, d_neg = neg - uncond, and d_neg_perp = d_neg minus its projection onto
+    d_pos, per sample over all non-batch axes (all of d_neg where d_pos = 0). A negative that is
+    orthogonal to the positive (d_neg_perp = d_neg) with w_neg = w is the negative prompt (G15); a
+    null negative (neg = uncond) is CFG (G5).
+    """
+    w, w_neg = as_real(w, "w"), as_real(w_neg, "w_neg")
+    d_pos, d_neg = cond - uncond, neg - uncond
+    return uncond + (1 + w) * d_pos - w_neg * (d_neg - _projection(d_neg, d_pos))
+
+
+def perp_neg_guidance(eps_model, y, y_neg, w, w_neg=None):
+    """eps_bar of Perp-Neg, (G18), from one batched call on [x; x; x] with labels [y; null; y_neg];
+    w_neg defaults to w (then a negative orthogonal to the positive is (G15))."""
+    w = as_real(w, "w")
+    w_neg = w if w_neg is None else as_real(w_neg, "w_neg")
+
+    def eps_fn(x, t):
+        x = as_points(x, "x")
+        n = x.shape[0]
+        labels = [_target_labels(y, n), np.full(n, NULL_LABEL), _target_labels(y_neg, n, "y_neg", allow_null=True)]
+        tt = np.broadcast_to(np.asarray(t), (n,))
+        out = eps_model(np.concatenate([x, x, x]), np.concatenate([tt, tt, tt]), np.concatenate(labels))
+        return perp_neg_rule(out[:n], out[n:2 * n], out[2 * n:], w, w_neg)
+    return eps_fn
 
 
 def cfg_zero_star_rule(cond, uncond, w):
@@ -247,10 +353,74 @@ def cfg_zero_star_rule(cond, uncond, w):
     is CFG (G5), bit for bit.
     """
     w = as_real(w, "w")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.nan_to_num(_per_sample_dot(cond, uncond) / _per_sample_dot(uncond, uncond), nan=0.0,
-                              posinf=0.0, neginf=0.0)
-    return cfg_rule(cond, scale * uncond, w)
+    return cfg_rule(cond, _projection(cond, uncond), w)
+
+
+def cfg_zero_star(eps_model, sched, y, w, zero_steps=1, prediction="eps"):
+    """eps_bar of CFG-Zero*, (G17) with zero-init (G17z): Fan et al. (2025), Sec. 4 and Alg. 1.
+
+    The rule is applied to ``prediction`` (process.PREDICTIONS; diffusers' guider applies it to
+    what the model outputs, eps for an eps model). At the first ``zero_steps`` distinct times of a
+    sampling call (``_PerCall``) the paper zeroes the flow-matching velocity; for a VP model that
+    is eps = x_t / (sqrt(a) + sqrt(1 - a)) (G17z), with which a DDIM step leaves the
+    rectified-flow state x_t / (sqrt(a) + sqrt(1 - a)) where it is. (eps = 0 instead would give
+    x0_hat = x_t / sqrt(a).)
+    """
+    w = as_real(w, "w")
+    zero_steps = as_count(zero_steps, "zero_steps", low=0)
+    _check_prediction(prediction)
+    _check_schedule(eps_model, sched, "eps_model")
+    state = _PerCall()
+
+    def eps_fn(x, t):
+        x, tt, _ = _guidance_inputs(x, t, None, sched)
+        if state.advance(tt, x) <= zero_steps:  # (G17z)
+            a = alpha_bar_of(sched, tt).reshape(-1, 1)
+            return (x / (np.sqrt(a) + np.sqrt(1 - a))).astype(x.dtype)
+        cond, uncond = (eps_to_prediction(sched, x, tt, e, prediction) for e in _both(eps_model, x, tt, y))
+        return prediction_to_eps(sched, x, tt, cfg_zero_star_rule(cond, uncond, w), prediction)
+    return eps_fn
+
+
+def autoguidance(eps_model, weak_model, y, w):
+    """eps_bar = (1 + w) eps(x_t, t, y) - w eps_weak(x_t, t, y), eq. (G19): Karras et al. (2024),
+    eq. 2, whose w_K is 1 + w (the (G6) convention).
+
+    CFG (G5) with the unconditional branch replaced by a weaker model of the same condition, which
+    errs more where the good one errs; weak_model = eps_model is the conditional model (any w).
+    """
+    w = as_real(w, "w")
+
+    def eps_fn(x, t):
+        x = as_points(x, "x")
+        labels = _target_labels(y, x.shape[0])
+        return cfg_rule(eps_model(x, t, labels), weak_model(x, t, labels), w)
+    return eps_fn
+
+
+def cfg_pp(eps_model, sched, y, lam):
+    """CFG++, eq. (G21): Chung et al. (2024), Alg. 1 (DDIM) and its Euler ancestral form; returns
+    the pair (eps_fn, x0_fn) that ``samplers.ddim`` and ``samplers.euler_ancestral`` take.
+
+    x0_fn gives x0_hat (C1) of the interpolation uncond + lam (cond - uncond), lam in [0, 1] ((G5)
+    with w = lam - 1); eps_fn gives the unconditional eps, with which the step re-noises. On DDIM
+    this is DDIM-CFG with the step-dependent weight 1 + w = lam sigma_t / (sigma_t - sigma_down)
+    (sigma of (D4); sigma_down = sigma_prev at eta = 0), (G21). One batched call serves both: the
+    predictions at the last (x, t) are kept, and the other function reuses them when asked at equal x and t.
+    """
+    lam = as_real(lam, "lam", low=0, high=1)
+    _check_schedule(eps_model, sched, "eps_model")
+    last = {"x": None}
+
+    def both(x, t):
+        if last["x"] is None or not (np.array_equal(last["x"], x) and np.array_equal(last["t"], t)):
+            last.update(zip(("x", "t", "pair"), (np.array(x), np.array(t), _both(eps_model, x, t, y))))
+        return last["pair"]
+
+    def x0_fn(x, t):
+        cond, uncond = both(x, t)
+        return eps_to_x0(sched, x, t, cfg_rule(cond, uncond, lam - 1))
+    return (lambda x, t: both(x, t)[1]), x0_fn
 
 
 def rescaled_cfg(eps_model, y, w, phi):
@@ -272,24 +442,83 @@ def rescaled_cfg(eps_model, y, w, phi):
     return eps_fn
 
 
+WEIGHT_SHAPES = ("linear", "cosine")  # weight_schedule: how w moves from w_start at t = T to w_end at t = 0
+
+
+def scheduled_cfg(eps_model, y, weight):
+    """eps_bar = (1 + w(t)) eps(x_t, t, y) - w(t) eps(x_t, t, null), eq. (G20): CFG (G5) with a weight
+    that depends on the time, the one wrapper for every guidance schedule.
+
+    ``weight(t) -> w`` takes the times (N,) of a call and returns one finite weight per row
+    (``weight_schedule``, ``interval_weight``, or any callable); w = 0 rows are the conditional
+    model. Both predictions come from one batched call.
+    """
+    if not callable(weight):
+        raise ValueError(f"weight must be a callable t -> w, got {weight!r}")
+
+    def eps_fn(x, t):
+        cond, uncond = _both(eps_model, x, t, y)
+        ws = np.asarray(weight(np.broadcast_to(np.asarray(t), (len(cond),))), dtype=np.float64)
+        if ws.shape != (len(cond),) or not np.all(np.isfinite(ws)):
+            raise ValueError(f"weight must return {len(cond)} finite weights (one per row), got {ws!r}")
+        guided = np.empty_like(cond)
+        for w in np.unique(ws):  # one (G5) per distinct weight: a sampler's call has one
+            rows = ws == w
+            guided[rows] = cfg_rule(cond[rows], uncond[rows], float(w))
+        return guided
+    return eps_fn
+
+
+def weight_schedule(sched, w_start, w_end, shape="linear"):
+    """w(t) from w_start at t = T to w_end at t = 0, eq. (G20): with u = t / T,
+    linear: w_end + (w_start - w_end) u; cosine: w_end + (w_start - w_end) (1 - cos(pi u)) / 2.
+    w_start = w_end is the constant weight. For ``scheduled_cfg``.
+    """
+    w_start, w_end = as_real(w_start, "w_start"), as_real(w_end, "w_end")
+    if shape not in WEIGHT_SHAPES:
+        raise ValueError(f"shape must be one of {WEIGHT_SHAPES}, got {shape!r}")
+
+    def weight(t):
+        u = np.asarray(t, dtype=np.float64) / sched.T
+        ramp = u if shape == "linear" else (1 - np.cos(np.pi * u)) / 2
+        return w_end + (w_start - w_end) * ramp
+    return weight
+
+
+def interval_weight(w, t_low, t_high):
+    """w(t) = w for t_low <= t <= t_high and 0 elsewhere: the guidance interval (G12) as a schedule
+    (G20), t_low <= t_high integers in 1..T."""
+    w = as_real(w, "w")
+    if not (isinstance(t_low, (int, np.integer)) and isinstance(t_high, (int, np.integer)) and 1 <= t_low <= t_high
+            and not isinstance(t_low, bool) and not isinstance(t_high, bool)):
+        raise ValueError(f"t_low and t_high must be integers with 1 <= t_low <= t_high, got {t_low!r}, {t_high!r}")
+    return lambda t: np.where((np.asarray(t) >= t_low) & (np.asarray(t) <= t_high), w, 0.0)
+
+
 def interval_cfg(eps_model, y, w, t_low, t_high):
     """CFG with weight w only for t_low <= t <= t_high, the conditional model elsewhere (G12).
 
     Kynkaanniemi et al. (2024) apply guidance in a limited interval of noise levels: strong
     guidance at high noise collapses diversity and at low noise adds little. refdiff states the
-    interval in timesteps, t_low <= t_high in 1..T (sigma of (S6) is increasing in t).
+    interval in timesteps, t_low <= t_high in 1..T (sigma of (S6) is increasing in t): the
+    schedule (G20) ``interval_weight``; ``steps_interval`` gives it for diffusers' start and stop.
     """
-    w = as_real(w, "w")
-    if not (isinstance(t_low, (int, np.integer)) and isinstance(t_high, (int, np.integer)) and 1 <= t_low <= t_high
-            and not isinstance(t_low, bool) and not isinstance(t_high, bool)):
-        raise ValueError(f"t_low and t_high must be integers with 1 <= t_low <= t_high, got {t_low!r}, {t_high!r}")
+    return scheduled_cfg(eps_model, y, interval_weight(w, t_low, t_high))
 
-    def eps_fn(x, t):
-        cond, uncond = _both(eps_model, x, t, y)
-        tt = np.broadcast_to(np.asarray(t), (len(cond),))
-        inside = (tt >= t_low) & (tt <= t_high)
-        return np.where(inside[:, None], cfg_rule(cond, uncond, w), cond)
-    return eps_fn
+
+def steps_interval(sched, steps, start, stop, spacing=None):
+    """(t_low, t_high) of the steps that diffusers' guiders guide with ``start`` and ``stop`` (eq. (G20d)),
+    or None when they guide none.
+
+    A guider with start, stop in [0, 1] guides step i (0 the first, noisiest, of S) when
+    int(start S) <= i < int(stop S) and returns the conditional prediction at the others; on the
+    grid t_0 > ... > t_{S-1} of ``samplers.sampling_grid(sched, steps, spacing, discrete=True)``
+    those are the times t_{int(stop S) - 1} <= t <= t_{int(start S)}, the interval of (G12).
+    """
+    start, stop = as_real(start, "start", low=0, high=1), as_real(stop, "stop", low=0, high=1)
+    grid = sampling_grid(sched, steps, spacing, discrete=True)
+    first, end = int(start * len(grid)), int(stop * len(grid))
+    return (int(grid[end - 1]), int(grid[first])) if first < end else None
 
 
 def w_from_guidance_scale(guidance_scale):
@@ -323,6 +552,12 @@ def _target_labels(y, n, name="y", allow_null=False):
     if labels is None:
         raise ValueError(f"{name} must be a label (int or int array) for guidance, got None")
     return labels
+
+
+def _check_prediction(prediction):
+    """A rule applied to a parametrisation: one of process.PREDICTIONS."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
 def _check_schedule(model, sched, name):

@@ -15,7 +15,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
-from .arrays import (alpha_bar_of, as_count, as_int_batch, as_points, as_times, check_rng, is_real, log_sum_exp,
+from .arrays import (alpha_bar_of, as_count, as_int_batch, as_points, as_real, as_times, check_rng, is_real, log_sum_exp,
                      row_max)
 from .labels import NULL_LABEL, as_labels
 from .process import eps_to_prediction, q_sample, target_of
@@ -185,6 +185,17 @@ class GaussianMixture:
         y = int(as_labels(y, 1, self.num_labels, allow_null=False)[0])
         w = np.where(self.labels == y, self.weights, 0.0)
         return w / w.sum()
+
+    def blurred(self, delta):
+        """This mixture with every covariance widened by delta^2 I: the law of x0 + delta z, z ~ N(0, I).
+
+        Its oracle is the exact "weak model" of autoguidance (docs/guidance.md, (G19)): right
+        about the means and the labels, too diffuse by delta^2 in every direction. delta = 0 gives the
+        same mixture (its weights normalised again, equal to an ulp).
+        """
+        delta = as_real(delta, "delta", low=0)
+        covs = self.covs + delta ** 2 * np.eye(self.dim)
+        return GaussianMixture(self.weights, self.means, covs, self.labels)
 
     def sample(self, n, rng, y=None):
         """Draw n points: a component k by its weight (within label y if given), then N(mu_k, Sigma_k).

@@ -120,11 +120,7 @@ def ddpm_output(sched, ts, mu, v, w, variance="beta_tilde", mean_shift=False):
 def sampler_output(sched, sample, mu, v, w, steps=None, max_draws=None):
     """Mean and variance of any sampler's output with CFG's exact eps from x_T ~ N(0, 1) (eq. (T12)).
 
-    With (T1) every step of every sampler in refdiff.samplers combines x, eps = e1 x + e0 and fresh
-    noise linearly, so its output is x_0 = c x_T + sum_k g_k z_k + d, exactly Gaussian with mean d and
-    variance c^2 + sum_k g_k^2. One call reads the map off probe rows: row 0 starts at x_T = 0, row
-    1 at x_T = 1, and the k-th noise draw is 1 in row 2 + k and 0 elsewhere (``_UnitDraws``), so
-    d = x_0[0], c = x_0[1] - d and g_k = x_0[2 + k] - d.
+    ``affine_output`` with the eps of (T1).
 
     Parameters
     ----------
@@ -139,6 +135,29 @@ def sampler_output(sched, sample, mu, v, w, steps=None, max_draws=None):
     (mean, var) : floats
     """
     _check_pair(mu, v, w)
+
+    def eps_fn(x, t):
+        e1, e0 = cfg_eps_coefficients(alpha_bar_of(sched, t)[:, None], mu, v, w)
+        return e1 * x + e0
+    return affine_output(sched, sample, eps_fn, steps, max_draws)
+
+
+def affine_output(sched, sample, eps_fn, steps=None, max_draws=None):
+    """Mean and variance of a sampler's output from x_T ~ N(0, 1) in one dimension, exactly, for any
+    eps_fn affine in x (the exact eps of Gaussian data under any rule that combines predictions
+    linearly: CFG, negative prompts, autoguidance, schedules of w; CFG++ through ``sample``) (eq. (T12)).
+
+    Every step of every sampler in refdiff.samplers combines x, eps and fresh noise linearly, so the
+    output is x_0 = c x_T + sum_k g_k z_k + d, exactly Gaussian with mean d and variance
+    c^2 + sum_k g_k^2. One call reads the map off probe rows: row 0 starts at x_T = 0, row 1 at
+    x_T = 1, and the k-th noise draw is 1 in row 2 + k and 0 elsewhere (``_UnitDraws``), so
+    d = x_0[0], c = x_0[1] - d and g_k = x_0[2 + k] - d. A last row at x_T = -2 checks the map:
+    ValueError if its output is not d - 2c (eps_fn not affine in x).
+
+    sample : a name in samplers.SAMPLERS (at ``steps``), or a callable (eps_fn, x_T, rng) -> x_0 that
+        draws its noise only as rng.standard_normal(x.shape, dtype=x.dtype)
+    eps_fn : callable (x (N, 1), t (N,)) -> (N, 1); max_draws : as in ``sampler_output``
+    """
     if isinstance(sample, str):
         if sample not in SAMPLERS:
             raise ValueError(f"sample must be one of {sorted(SAMPLERS)} or a callable, got {sample!r}")
@@ -147,14 +166,12 @@ def sampler_output(sched, sample, mu, v, w, steps=None, max_draws=None):
     elif not callable(sample):
         raise ValueError(f"sample must be a sampler's name or a callable (eps_fn, x_T, rng), got {sample!r}")
     draws = as_count(sched.T + 1 if max_draws is None else max_draws, "max_draws")
-    x_T = np.zeros((2 + draws, 1))
-    x_T[1] = 1.0
-
-    def eps_fn(x, t):
-        e1, e0 = cfg_eps_coefficients(alpha_bar_of(sched, t)[:, None], mu, v, w)
-        return e1 * x + e0
+    x_T = np.zeros((3 + draws, 1))
+    x_T[1], x_T[-1] = 1.0, -2.0
     out = np.asarray(sample(eps_fn, x_T, _UnitDraws(draws)), dtype=np.float64)[:, 0]
-    d, c, g = out[0], out[1] - out[0], out[2:] - out[0]
+    d, c, g = out[0], out[1] - out[0], out[2:-1] - out[0]
+    if not np.isclose(out[-1], d - 2 * c, rtol=1e-9, atol=1e-9 * (abs(d) + abs(c))):
+        raise ValueError(f"eps_fn must be affine in x: the output at x_T = -2 is {out[-1]:.6g}, not {d - 2 * c:.6g}")
     return float(d), float(c * c + g @ g)
 
 
@@ -189,18 +206,27 @@ def tilted(mu, v, w):
     return (1 + w) * mu / v / precision, 1 / precision
 
 
-def ode_limit(mu, v, w):
-    """Mean and variance of the probability-flow ODE's output with CFG's exact score (eq. (T5)).
+def ode_limit(mu, v, w, mu_other=0.0, v_other=1.0):
+    """Mean and variance of the probability-flow ODE's output under (1 + w) eps(. | N(mu, v)) -
+    w eps(. | N(mu_other, v_other)) with exact eps: CFG (T5) by default, where the other model is the
+    prior N(0, 1); a negative label's Gaussian (G15) or a blurred weak model (G19, autoguidance:
+    mu_other = mu, v_other = v + delta^2) otherwise (eq. (T13)).
 
-    In the variable a = alpha_bar the VP probability-flow ODE is dx/da = (x + score) / (2a)
-    (Song et al. 2021, eq. 13); with (T1) it is linear, dx/da = (1 + w) ((v - 1) x + mu / sqrt(a)) / (2 s),
-    s = 1 + a (v - 1), whose solution from a = 0 (x ~ N(0, 1)) to a = 1 has
-    var = v^(1 + w) and mean = (1 + w) mu v^((1 + w) / 2) / 2 * int_0^1 b^(-1/2) s(b)^(-(3 + w) / 2) db.
+    In a = alpha_bar the VP probability-flow ODE is dx/da = (x + score) / (2a) (Song et al. 2021,
+    eq. 13). With s_i = 1 + a (v_i - 1) each score is -(x - sqrt(a) mu_i) / s_i, and
+    (1 - 1/s_i) / a = d log s_i / da, so the integrating factor is phi(a) = s_1^((1 + w)/2) s_2^(-w/2)
+    and, from x ~ N(0, 1) at a = 0: var = phi(1)^2 = v^(1 + w) v_other^(-w), and
+    mean = phi(1) int_0^1 ((1 + w) mu / s_1 - w mu_other / s_2) / (2 sqrt(b) phi(b)) db.
     """
     _check_pair(mu, v, w)
-    integral = quad(lambda b: (1 + b * (v - 1)) ** (-(3 + w) / 2), 0, 1, weight="alg", wvar=(-0.5, 0),
-                    epsabs=0, epsrel=1e-12)[0]
-    return (1 + w) * mu * v ** ((1 + w) / 2) / 2 * integral, v ** (1 + w)
+    as_real(mu_other, "mu_other"), as_real(v_other, "v_other", above=0)
+
+    def integrand(b):
+        s1, s2 = 1 + b * (v - 1), 1 + b * (v_other - 1)
+        return ((1 + w) * mu / s1 - w * mu_other / s2) * s1 ** (-(1 + w) / 2) * s2 ** (w / 2) / 2
+    integral = quad(integrand, 0, 1, weight="alg", wvar=(-0.5, 0), epsabs=0, epsrel=1e-12)[0]
+    phi = v ** ((1 + w) / 2) * v_other ** (-w / 2)
+    return phi * integral, phi ** 2
 
 
 def sde_limit(mu, v, w):

@@ -1,13 +1,15 @@
 """The guidance rules of 2023-2025 in refdiff/guidance.py: negative prompts (G15), adaptive projected
 guidance (G16) and CFG-Zero* (G17), each by its identities with CFG (G5) and its defining
-geometry, on random predictions (hypothesis) and on the oracle."""
+geometry, on random predictions (hypothesis) and on the oracle; the projection they share, at
+tiny and huge sizes. The rest of (G16)-(G21): tests/test_guidance_rules_2024.py."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import toy_data
-from refdiff.guidance import apg_rule, cfg_rule, cfg_zero_star_rule, classifier_free_guidance, negative_prompt_guidance
+from refdiff.guidance import (apg_rule, cfg_rule, cfg_zero_star_rule, classifier_free_guidance, negative_prompt_guidance,
+                              perp_neg_rule)
 from refdiff.labels import NULL_LABEL
 from refdiff.schedule import Schedule
 from strategies import EPS64, assert_bounded
@@ -27,6 +29,15 @@ def pairs(draw, min_dim=2):
 
 def dot(a, b):
     return np.sum(a * b, axis=tuple(range(1, a.ndim)), keepdims=True)
+
+
+def projection(a, onto):
+    """(<a, onto> / ||onto||^2) onto per sample, 0 where onto = 0, in numpy's long double: its wider
+    exponent range keeps ||onto||^2 from underflowing for the tiny entries hypothesis draws (an
+    independent route to guidance._projection, which rescales instead)."""
+    a, onto = a.astype(np.longdouble), onto.astype(np.longdouble)
+    squared = dot(onto, onto)
+    return (np.where(squared > 0, dot(a, onto) / np.where(squared > 0, squared, 1), 0) * onto).astype(np.float64)
 
 
 # ---- (G15) negative prompts ---------------------------------------------------------------------
@@ -61,9 +72,8 @@ def test_G16_parallel_part_scaled_by_eta_orthogonal_part_kept_threshold_applied_
     d = cond - uncond
     norm = np.sqrt(dot(d, d))
     d = d * np.minimum(1.0, threshold / np.where(norm > 0, norm, 1.0))
-    cc = dot(cond, cond)
-    along = np.where(cc > 0, dot(d, cond) / np.where(cc > 0, cc, 1.0), 0.0)
-    update = (d - along * cond) + eta * along * cond
+    parallel = projection(d, cond)
+    update = (d - parallel) + eta * parallel
     scale = (1 + abs(w)) * (1 + eta) * (np.abs(cond) + np.abs(uncond) + 1)
     assert_bounded(out, cond + w * update, 256 * EPS64 * scale, "apg, paper")
     assert np.all(np.sqrt(dot(d, d)) <= threshold * (1 + 1e-12))
@@ -98,10 +108,21 @@ def test_G17_s_star_1_is_cfg_bit_for_bit_and_uncond_0_is_the_scaled_conditional(
 def test_G17_subtracts_the_projection_of_cond_onto_uncond(pair, w):
     cond, uncond = pair
     out = cfg_zero_star_rule(cond, uncond, w)
-    uu = dot(uncond, uncond)
-    projection = np.where(uu > 0, dot(cond, uncond) / np.where(uu > 0, uu, 1.0), 0.0) * uncond
+    along = projection(cond, uncond)
     scale = (1 + 2 * abs(w)) * (np.abs(cond) + np.abs(uncond) + 1) * (1 + np.sqrt(dot(cond, cond)))
-    assert_bounded(out, (1 + w) * cond - w * projection, 256 * EPS64 * scale, "cfg-zero*")
+    assert_bounded(out, (1 + w) * cond - w * along, 256 * EPS64 * scale, "cfg-zero*")
     # what CFG-Zero* pushes away from is orthogonal to what is left of cond
-    residual = cond - projection
-    assert np.all(np.abs(dot(residual, projection)) <= 1e-9 * (1 + dot(cond, cond)))
+    residual = cond - along
+    assert np.all(np.abs(dot(residual, along)) <= 1e-9 * (1 + dot(cond, cond)))
+
+
+@pytest.mark.parametrize("size", [1e-170, 1e-160, 1e160])
+def test_projections_of_tiny_and_huge_vectors_neither_underflow_nor_overflow(size):
+    # ||onto||^2 of these under- or overflows in float64; the projection itself is well inside the range.
+    # A parallel negative changes nothing in Perp-Neg; CFG-Zero* with uncond parallel to cond is the conditional.
+    d_pos = np.array([[size, 0.0]])
+    got = perp_neg_rule(d_pos, np.zeros((1, 2)), np.array([[1.0, 0.0]]), 1.0, 2.0)
+    np.testing.assert_allclose(got, 2 * d_pos, rtol=1e-15, atol=0)
+    cond = np.array([[3.0 * size, -size]])
+    np.testing.assert_allclose(cfg_zero_star_rule(cond, 0.5 * cond, 4.0), cond, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(apg_rule(cond, -cond, 2.0, eta=0.5), cond + 2.0 * 0.5 * 2 * cond, rtol=1e-14, atol=0)
