@@ -1,7 +1,7 @@
 """The 2D guidance sweep: several guidance methods over a range of strengths on a toy data set.
 
 The methods are every one that ``refdiff.methods`` registers for a denoiser and a noisy
-classifier (classifier guidance at s = 1 + w, and CFG at weight w), and CFG applied only for
+classifier (classifier guidance at s = 1 + w; CFG, APG and CFG-Zero* at weight w), and CFG applied only for
 t in an interval (docs/guidance.md, (G12)), which this script registers itself the way
 docs/architecture.md, "How to add a guidance rule", says: once registered, the same sweep, table
 and figures take it with no other change. The models are the exact ones of a Gaussian-mixture
@@ -68,7 +68,7 @@ def main(argv=None):
     sched, mix = Schedule.linear(1000), toy_data.mixture(args.data)
     interval = register_interval_cfg(*args.interval)
     models = {"denoiser": mix.eps_model(sched), "classifier": mix.classifier(sched)}
-    names = methods.available(models)  # the registry's order: classifier, cfg, then the interval rule
+    names = methods.available(models)  # the registry's order: classifier, cfg, apg, cfg_zero_star, then interval
     y = np.arange(args.n_per_label * mix.num_labels) % mix.num_labels
     x_T = rng.standard_normal((len(y), 2))
     rows, samples = scale_sweep(models, sched, y, args.ws, x_T, mixture_measures(mix, rng),

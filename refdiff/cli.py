@@ -11,6 +11,7 @@ import inspect
 import json
 import os
 import sys
+import textwrap
 
 import numpy as np
 
@@ -27,7 +28,9 @@ from .train import (CLASSIFIER_2D, CLASSIFIER_DEMO, CLASSIFIER_IMAGES_SMALL, DEN
                     DENOISER_IMAGES_SMALL, Progress, budget, train_classifier, train_denoiser)
 
 IMAGES = "images"  # refdiff demo --data images: the tiny-image demo (demo_images.py)
-CLI_MODELS = ("denoiser", "classifier")  # the models sample and field load: DIR/<name>.npz, or the oracle's
+FILE_MODELS = ("denoiser", "classifier")  # the models sample and field load: DIR/<name>.npz, or the oracle's
+CLI_MODELS = FILE_MODELS + ("negative", "weak_denoiser")  # and what --negative and --weak-model (--weak-blur) give
+WEAK_BLUR = 0.5  # without --model: autoguidance's weak model is the oracle blurred by this (each cov + 0.25 I)
 ORACLE_DATA = "three_gaussians"  # the preset of sample and field without --model or --data
 STRENGTHS = {"w": "the weight w", "s": "the scale s"}  # how --scale reads each convention of refdiff.methods
 # The library's names for what an option sets, where they differ from the option's dest: a
@@ -110,13 +113,22 @@ def _model_options(parser):
                              "field's contours (default: none)")
     choices = guidance_choices()
     parser.add_argument("--guidance", choices=choices, default="none", help="guidance method (default none)")
-    conventions = ", ".join(f"{STRENGTHS[methods.get(name).parameter]} for {name}" for name in choices[1:])
+    by_parameter = {p: [n for n in choices[1:] if methods.get(n).parameter == p] for p in methods.PARAMETERS}
+    conventions = "; ".join(f"{STRENGTHS[p]} for {', '.join(names)}" for p, names in by_parameter.items() if names)
     parser.add_argument("--scale", type=float,
                         help=f"strength, in the method's own convention: {conventions} (the CFG weight w is "
                              "diffusers' guidance_scale - 1); required with guidance")
     parser.add_argument("--label", type=int,
                         help=f"the requested label (default: labels 0..K-1 in turn); {NULL_LABEL} for "
                              "unconditional samples without guidance")
+    parser.add_argument("--negative", type=int,
+                        help="the negative label of --guidance negative and perp_neg (required with them)")
+    parser.add_argument("--weak-model", metavar="FILE",
+                        help="with --model and --guidance autoguidance (required there): the weak denoiser, a "
+                             "denoiser.npz trained with the same schedule and labels (smaller, or trained shorter)")
+    parser.add_argument("--weak-blur", type=float, metavar="DELTA",
+                        help=f"without --model, for --guidance autoguidance: the weak model is the oracle of the "
+                             f"preset with every covariance widened by DELTA^2 I (default {WEAK_BLUR})")
     parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
 
 
@@ -313,12 +325,19 @@ def _guided(args, num=None):
         guided = " or ".join(guidance_choices()[1:])
         raise ValueError(f"--scale is required with --guidance {guided}, and only then")
     needs = ("denoiser",) if args.guidance == "none" else methods.get(args.guidance).needs
+    _check_extras(args, needs)
     if args.model is None:
-        models, sched, num_labels, dim, source, mixture = _oracle(args.data or ORACLE_DATA)
+        models, sched, num_labels, dim, source, mixture = _oracle(args.data or ORACLE_DATA, args.weak_blur)
     else:
-        models, sched, num_labels, dim, source = _checkpoints(args, needs)
+        models, sched, num_labels, dim, source = _checkpoints(args, [n for n in needs if n in FILE_MODELS])
         mixture = _reference(args, num_labels, dim)
+        if "weak_denoiser" in needs:
+            _refuse_overwriting({args.out: "--out"}, {args.weak_model: "--weak-model"})
+            models["weak_denoiser"] = _weak_model(args.weak_model, models["denoiser"])
     labels = _labels(args, num, num_labels, source)
+    if args.negative is not None and not (0 <= args.negative < num_labels or args.negative == NULL_LABEL):
+        raise ValueError(f"--negative must be in 0..{num_labels - 1} (or {NULL_LABEL}), got {args.negative}")
+    models["negative"] = args.negative
     if args.guidance == "none":
         den = models["denoiser"]
         eps_fn = lambda x, t: den(x, t, labels)
@@ -327,14 +346,43 @@ def _guided(args, num=None):
     return eps_fn, sched, labels, mixture, dim
 
 
-def _oracle(data):
-    """The exact models of a preset: (models, sched, num_labels, dim, source, mixture)."""
+def _oracle(data, weak_blur=None):
+    """The exact models of a preset: (models, sched, num_labels, dim, source, mixture); the weak
+    denoiser is the oracle of the preset blurred by ``weak_blur`` (default WEAK_BLUR)."""
     if data not in toy_data.presets():
         raise ValueError(f"--data must be a Gaussian-mixture preset ({', '.join(toy_data.presets())}) "
                          f"without --model, got {data!r}")
     mixture, sched = toy_data.mixture(data), Schedule.linear(1000)
-    models = {"denoiser": mixture.eps_model(sched), "classifier": mixture.classifier(sched)}
+    if weak_blur is not None and not (np.isfinite(weak_blur) and weak_blur >= 0):
+        raise ValueError(f"--weak-blur must be a finite number >= 0, got {weak_blur}")
+    weak = mixture.blurred(WEAK_BLUR if weak_blur is None else weak_blur)
+    models = {"denoiser": mixture.eps_model(sched), "classifier": mixture.classifier(sched),
+              "weak_denoiser": weak.eps_model(sched)}
     return models, sched, mixture.num_labels, mixture.dim, f"the oracle of {data}", mixture
+
+
+def _check_extras(args, needs):
+    """--negative exactly with the methods that read a negative label; --weak-model exactly with
+    autoguidance on --model, --weak-blur only with it on the oracle."""
+    for flag, value, model, on_model in (("--negative", args.negative, "negative", False),
+                                         ("--weak-model", args.weak_model, "weak_denoiser", True)):
+        needed = model in needs and (args.model is not None or not on_model)
+        if needed != (value is not None):
+            users = " or ".join(n for n in methods.available(CLI_MODELS) if model in methods.get(n).needs)
+            raise ValueError(f"{flag} is {'required' if needed else 'used only'} with --guidance {users}"
+                             + (" and --model" if on_model else ""))
+    if args.weak_blur is not None and ("weak_denoiser" not in needs or args.model is not None):
+        raise ValueError("--weak-blur is used only with --guidance autoguidance without --model (the oracle)")
+
+
+def _weak_model(path, den):
+    """--weak-model: a denoiser checkpoint with the schedule, dimension and labels of --model's denoiser."""
+    weak = checkpoint.load(path, kind="denoiser")
+    if (weak.config.dim, weak.config.num_labels) != (den.config.dim, den.config.num_labels) or not np.array_equal(
+            weak.sched.betas, den.sched.betas):
+        raise ValueError(f"--weak-model {path} must have the dimension, labels and schedule of --model's denoiser "
+                         f"(got {weak.config.dim}D, {weak.config.num_labels} labels)")
+    return weak
 
 
 def _checkpoints(args, needs):
@@ -489,8 +537,13 @@ def _settings(args):
     source = f"model {args.model}" if args.model else f"the oracle of {args.data or ORACLE_DATA}"
     if args.guidance == "none":
         return source, "no guidance"
-    method = methods.get(args.guidance)
-    return source, f"{method.label} {method.parameter} = {args.scale:g}"
+    method, extras = methods.get(args.guidance), ""
+    if args.negative is not None:
+        extras = f", negative label {args.negative}"
+    elif "weak_denoiser" in method.needs:
+        extras = f", weak model {args.weak_model}" if args.model else \
+            f", weak model: the oracle blurred by {WEAK_BLUR if args.weak_blur is None else args.weak_blur:g}"
+    return source, f"{method.label} {method.parameter} = {args.scale:g}{extras}"
 
 
 def _png_output(path):
@@ -529,7 +582,8 @@ def run_plot(args):
         raise ValueError(f"{args.samples}: {err}") from None
     labels, counts = np.unique(arrays["y"], return_counts=True)
     held = ", ".join(f"{'unconditional' if k == NULL_LABEL else f'y = {k}'}: {c}" for k, c in zip(labels, counts))
-    settings = f"\n{arrays['settings']}" if arrays.get("settings", np.zeros(0)).dtype.kind == "U" else ""
+    recorded = arrays.get("settings", np.zeros(0))
+    settings = "".join("\n" + line for line in textwrap.wrap(str(recorded), 84)) if recorded.dtype.kind == "U" else ""
     ax.set_title(f"{os.path.basename(args.samples)}: {len(arrays['x'])} samples in 2D{settings}\n{held}",
                  fontsize="medium")
     save_figure(fig, out)

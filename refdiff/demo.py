@@ -29,6 +29,8 @@ WS = (0.0, 0.5, 1.0, 3.0, 6.0)
 FIELD_T = 200        # the level of the vector-field panels: noise std sqrt(1 - alpha_bar) ~ 0.6
 FIELD_W = 3.0        # the strength of the guided panels and of the trajectories
 SWEEP_STEPS = 50     # DDIM steps of the sweep (scale_sweep's default sampler)
+METHODS = ("classifier", "cfg")  # the two rules the demo compares (every registered one: docs/measure_guidance.py)
+FIELD_RULES = ("perp_neg", "apg")  # two rules of 2023-2025 that fields.png draws beside them
 
 
 def run(data, out_dir, rng, den_opts=DENOISER_DEMO, clf_opts=CLASSIFIER_DEMO, ws=WS, n_per_label=300,
@@ -58,7 +60,7 @@ def run(data, out_dir, rng, den_opts=DENOISER_DEMO, clf_opts=CLASSIFIER_DEMO, ws
     measure = (mixture_measures(data.mixture, rng) if data.mixture is not None
                else data_measures(data.x, data.y, data.num_labels))
     models = {"denoiser": den, "classifier": clf}
-    say(f"sampling {len(y)} points for each of {len(methods.available(models))} methods x {len(ws)} strengths "
+    say(f"sampling {len(y)} points for each of {len(METHODS)} methods x {len(ws)} strengths "
         f"(DDIM-{SWEEP_STEPS})")
     rows, samples = _sweep(models, sched, y, ws, x_T, measure, verbose)
     metrics = {"data": data.name, "train_seconds": train_seconds, "n_per_label": n_per_label, "rows": rows}
@@ -73,12 +75,11 @@ def run(data, out_dir, rng, den_opts=DENOISER_DEMO, clf_opts=CLASSIFIER_DEMO, ws
 
 
 def _sweep(models, sched, y, ws, x_T, measure, verbose):
-    """``sweep.scale_sweep`` of every method the models can run, by DDIM-SWEEP_STEPS, with a
-    progress line over all its steps (``verbose``)."""
-    names = methods.available(models)
-    with Progress("guidance sweep", len(names) * len(ws) * SWEEP_STEPS, verbose, verb="sample") as progress:
+    """``sweep.scale_sweep`` of the demo's METHODS, by DDIM-SWEEP_STEPS, with a progress line over
+    all its steps (``verbose``)."""
+    with Progress("guidance sweep", len(METHODS) * len(ws) * SWEEP_STEPS, verbose, verb="sample") as progress:
         step = lambda *_: progress.update()
-        return scale_sweep(models, sched, y, ws, x_T, measure, names,
+        return scale_sweep(models, sched, y, ws, x_T, measure, METHODS,
                            sample=lambda eps_fn, x: ddim(eps_fn, sched, x, SWEEP_STEPS, callback=step))
 
 
@@ -93,7 +94,7 @@ def _figures(out_dir, data, models, sched, samples, y, x_T, rows, ws):
     fig.suptitle(f"DDIM-50 samples of the learned models on {data.name}, {len(y) // data.num_labels} per label, "
                  f"all from one x_T\nrows: guidance method; columns: strength w\n{plot.CONVENTIONS['w']}")
     save_figure(fig, os.path.join(out_dir, "scale_sweep.png"))
-    _fields_figure(os.path.join(out_dir, "fields.png"), data, models, sched, names, lim)
+    _fields_figure(os.path.join(out_dir, "fields.png"), data, models, sched, names + list(FIELD_RULES), lim)
     _trajectories_figure(os.path.join(out_dir, "trajectories.png"), data, models["denoiser"], sched, y, x_T)
     if data.mixture is not None:
         _fidelity_figure(os.path.join(out_dir, "fidelity_diversity.png"), data, rows)
@@ -101,19 +102,21 @@ def _figures(out_dir, data, models, sched, samples, y, x_T, rows, ws):
 
 def _fields_figure(path, data, models, sched, names, lim, target=0):
     """fields.png: the unconditional score field and each method's, guided toward label ``target``
-    at the common strength FIELD_W, at t = FIELD_T, as unit arrows coloured by log10 of the length."""
+    (away from the next label, for a method that reads a negative one) at the common strength
+    FIELD_W, at t = FIELD_T, as unit arrows coloured by log10 of the length; three panels a row."""
     from matplotlib.figure import Figure
 
-    den = models["denoiser"]
+    den, negative = models["denoiser"], (target + 1) % data.num_labels
     fields = {"unconditional": lambda x, t: den(x, t)}
     for name in names:
         method = methods.get(name)
-        value = method.value_at(FIELD_W)
-        fields[f"{method.label} {method.parameter} = {value:g}, label {target}"] = method.eps_fn(
-            models, sched, target, value)
-    fig = Figure(figsize=(5.2 * len(fields), 4.9), layout="compressed")  # square axes: their colourbars fit at once
+        value, away = method.value_at(FIELD_W), f", negative {negative}" if "negative" in method.needs else ""
+        fields[f"{method.label} {method.parameter} = {value:g}, label {target}{away}"] = method.eps_fn(
+            {**models, "negative": negative}, sched, target, value)
+    rows, cols = -(-len(fields) // 3), min(3, len(fields))
+    fig = Figure(figsize=(5.2 * cols, 4.9 * rows), layout="compressed")  # square axes: their colourbars fit at once
     for i, (title, field) in enumerate(fields.items()):
-        ax = fig.add_subplot(1, len(fields), i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         plot.vector_field(ax, field, sched, FIELD_T, lim=lim, n=17, density=data.mixture, normalize=True)
         ax.set_title(f"{title}, t = {FIELD_T}", pad=plot.TITLE_PAD)
     conventions = "\n".join(plot.CONVENTIONS[p] for p in dict.fromkeys(methods.get(n).parameter for n in names))

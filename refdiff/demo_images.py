@@ -7,7 +7,7 @@ Steps (each printed as it runs):
 2. measure the CLIPs' zero-shot accuracy and top-1 retrieval, and the autoencoder's
    reconstructions, on held-out images (and, at the end, the noise-aware CLIP's and the noisy
    classifier's class accuracy on those images noised to each of NOISY_T);
-3. sample every registered guidance method these models can run (refdiff.methods) over the
+3. sample the four methods of METHODS (refdiff.methods) over the
    strengths ``ws`` with DDPM-100, n_per_label samples per class: classifier guidance and CLIP
    guidance (caption = the class name) at scale s = 1 + w on the unconditional branch, pixel
    CFG with weight w, and latent CFG with weight w, decoded; judge them;
@@ -36,8 +36,7 @@ from .train import CLASSIFIER_IMAGES_SMALL, DENOISER_IMAGES_SMALL, Progress, tra
 
 WS = (0.0, 1.0, 3.0, 6.0)
 # The models the guidance methods read (refdiff.methods), and the methods they can run.
-GUIDANCE_MODELS = ("denoiser", "classifier", "clip", "captions", "latent_denoiser")
-METHODS = methods.available(GUIDANCE_MODELS)
+METHODS = ("classifier", "cfg", "clip", "latent_cfg")  # the rules the images demo compares, all it has models for
 RULE_NAMES = {"noise_aware": "noise-aware CLIP at x_t (G13)", "x0": "clean CLIP at x0_hat (G14)"}
 CAPTIONS = ("thick vertical bar", "left vertical bar", "thin horizontal bar", "thick top horizontal bar")
 # The training budget of every model, in training order (the latent denoiser needs the autoencoder).

@@ -8,8 +8,11 @@ unconditional model equals CFG on exact models (eq. (G5)).
 
 ``models`` is a mapping from names to what the caller has; a method names the entries it reads:
 "denoiser" (``eps_model(x, t, y=None)``), "classifier" (``logits_model(x, t)``), "clip" (a
-noise-aware ``clip.Clip``), "captions" (one caption per label, for "clip") and
-"latent_denoiser" (a denoiser on an autoencoder's latents, whose samples the caller decodes).
+noise-aware ``clip.Clip``), "captions" (one caption per label, for "clip"),
+"latent_denoiser" (a denoiser on an autoencoder's latents, whose samples the caller decodes),
+"negative" (the negative label, an int or one per row, for "negative" and "perp_neg") and
+"weak_denoiser" (autoguidance's weaker denoiser of the same labels, e.g. the oracle of
+``GaussianMixture.blurred``).
 
 To add a rule: write it in guidance.py, then ``register(Method(...))`` it here; it appears in
 ``refdiff sample --guidance``, the sweeps and the figures (docs/architecture.md, "How to add a
@@ -21,7 +24,8 @@ from typing import Callable
 import numpy as np
 
 from .arrays import as_real
-from .guidance import classifier_free_guidance, classifier_guidance, clip_guidance
+from .guidance import (apg_guidance, autoguidance, cfg_zero_star, classifier_free_guidance, classifier_guidance,
+                       clip_guidance, negative_prompt_guidance, perp_neg_guidance)
 
 PARAMETERS = ("w", "s")  # the CFG weight w; the classifier scale s
 
@@ -102,3 +106,13 @@ register(Method("cfg", "CFG", "w", ("denoiser",),
 register(Method("clip", "CLIP guidance, class name", "s", ("denoiser", "clip", "captions"), _clip_of_labels))
 register(Method("latent_cfg", "latent CFG", "w", ("latent_denoiser",),
                 lambda m, sched, y, w: classifier_free_guidance(m["latent_denoiser"], y, w)))  # (G5), (LD6)
+register(Method("negative", "negative label", "w", ("denoiser", "negative"),
+                lambda m, sched, y, w: negative_prompt_guidance(m["denoiser"], y, m["negative"], w)))  # (G15)
+register(Method("perp_neg", "Perp-Neg", "w", ("denoiser", "negative"),
+                lambda m, sched, y, w: perp_neg_guidance(m["denoiser"], y, m["negative"], w)))  # (G18), w_neg = w
+register(Method("apg", "APG (x0, eta = 0)", "w", ("denoiser",),
+                lambda m, sched, y, w: apg_guidance(m["denoiser"], sched, y, w)))  # (G16): no cap, no momentum
+register(Method("cfg_zero_star", "CFG-Zero*", "w", ("denoiser",),
+                lambda m, sched, y, w: cfg_zero_star(m["denoiser"], sched, y, w)))  # (G17), one zeroed step
+register(Method("autoguidance", "autoguidance", "w", ("denoiser", "weak_denoiser"),
+                lambda m, sched, y, w: autoguidance(m["denoiser"], m["weak_denoiser"], y, w)))  # (G19)

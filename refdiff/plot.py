@@ -25,7 +25,7 @@ from .process import eps_to_score
 FIELDS = ("score", "eps")
 KINDS = ("quiver", "stream")
 # What a strength means in each convention of the registry (docs/guidance.md, (G3), (G5), (G6)).
-CONVENTIONS = {"w": "w: eps = (1 + w) eps(x, y) - w eps(x) (G5); diffusers' guidance_scale = 1 + w",
+CONVENTIONS = {"w": "w as in CFG: (1 + w) eps(x, y) - w eps(x) (G5); diffusers' guidance_scale = 1 + w",
                "s": "s: score + s grad log p(y | x_t) (G3); on exact models CFG with w = s - 1"}
 # The measures of a sweep's rows (sweep.mixture_measures, docs/metrics.md) as axis labels.
 MEASURES = {"fidelity": "mean exact p(y | x0) (M7)", "spread": "per-class spread (M8)",
@@ -38,7 +38,9 @@ MARKER_SIZE = 4  # points of a scatter of samples
 EDGE_MARKER = "x"  # a sample beyond the frame, drawn at its edge
 DECADES = 3  # the colour scale of a field's log10 length spans at most this many decades, down from its top
 FLAT = 0.01  # a fidelity spanning less than this over a sweep is called flat
-STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."))  # per method: marker, line style
+STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-."))  # per
+# method: marker, line style (eight methods apart)
+LEGEND_COLUMNS = 4  # the most entries a legend above the axes puts in a row
 LEGEND_RIGHT = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0}  # beside the axes
 TITLE_PAD = 10  # points between an axes and a title wider than it: clears the top y tick label
 LEGEND_ABOVE = {"loc": "lower center", "bbox_to_anchor": (0.5, 1.02), "borderaxespad": 0.0}  # above the axes
@@ -391,7 +393,7 @@ def fidelity_diversity(ax, rows):
         ax.text(0.5, 0.25, f"flat: mean p(y | x0) >= {math.floor(min(fid) * 1e4) / 1e4:.4f} at every w.\n"
                 "Almost every sample already lies where its class\ndominates; guidance moves the spread.",
                 transform=ax.transAxes, ha="center", va="center")
-    ax.legend(**LEGEND_ABOVE, ncol=len(ax.containers))
+    ax.legend(**LEGEND_ABOVE, ncol=min(len(ax.containers), LEGEND_COLUMNS))
     return ax
 
 
@@ -414,7 +416,7 @@ def measure_by_strength(ax, rows, key):
     _curves(ax, _check_rows(rows, (key,)), "w", key)
     ax.set_xlabel("guidance strength w")
     ax.set_ylabel(MEASURES[key])
-    ax.legend(**LEGEND_ABOVE, ncol=len(ax.containers))
+    ax.legend(**LEGEND_ABOVE, ncol=min(len(ax.containers), LEGEND_COLUMNS))
     return ax
 
 

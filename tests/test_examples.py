@@ -56,7 +56,8 @@ def test_guidance_sweep(tmp_path):
     header, *lines = done.stdout.splitlines()
     assert header.split() == ["method", "w", "s=1+w", "fidelity", "fidelity_se", "spread", "energy"]
     rows = {(cells[0], float(cells[1])): [float(v) for v in cells[2:]] for cells in map(str.split, lines[:-1])}
-    assert sorted(rows) == sorted((m, w) for m in ("classifier", "cfg", "interval") for w in (0.0, 1.0, 3.0))
+    assert sorted(rows) == sorted((m, w) for m in ("classifier", "cfg", "apg", "cfg_zero_star", "interval")
+                                  for w in (0.0, 1.0, 3.0))
     for w in (0.0, 1.0, 3.0):  # fidelity and spread; the energy distance draws fresh reference points
         assert rows["classifier", w][1:4] == rows["cfg", w][1:4], (w, rows)  # CG(1 + w) = CFG(w) on exact models
         assert rows["cfg", w][0] == 1 + w

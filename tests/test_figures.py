@@ -190,7 +190,7 @@ def test_scale_sweep_figure(demo_figures):
 def test_fields_figure(demo_figures):
     fig = demo_figures["fields.png"]
     axes = data_axes(fig)
-    assert len(axes) == 3 and axes[0].get_title() == "unconditional, t = 200"
+    assert len(axes) == 5 and axes[0].get_title() == "unconditional, t = 200"
     for ax in axes:
         assert "t = 200" in ax.get_title() and ax.get_ylabel() == "$x_2$"
         assert ax.get_xlabel() == "$x_1$\nlight grey lines: contours of the exact log q_t(x)"
@@ -199,7 +199,9 @@ def test_fields_figure(demo_figures):
         assert "arrows drawn at unit length" in bar.ax.get_ylabel()
     w = demo.FIELD_W
     assert [ax.get_title() for ax in axes[1:]] == [f"classifier guidance s = {1 + w:g}, label 0, t = 200",
-                                                   f"CFG w = {w:g}, label 0, t = 200"]
+                                                   f"CFG w = {w:g}, label 0, t = 200",
+                                                   f"Perp-Neg w = {w:g}, label 0, negative 1, t = 200",
+                                                   f"APG (x0, eta = 0) w = {w:g}, label 0, t = 200"]
     title = fig.get_suptitle()
     for needle in ("score", "three_gaussians", "t = 200", "label 0", CONVENTION_W, CONVENTION_S):
         assert needle in title, (needle, title)

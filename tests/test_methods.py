@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 
 import toy_data
 from refdiff import cli, demo, methods, plot, sweep
-from refdiff.guidance import classifier_free_guidance, classifier_guidance, clip_guidance
+from refdiff.guidance import (apg_guidance, autoguidance, cfg_zero_star, classifier_free_guidance, classifier_guidance,
+                              clip_guidance, negative_prompt_guidance, perp_neg_guidance)
 from refdiff.samplers import ddim
 from refdiff.schedule import Schedule
 from strategies import assert_bounded, points, seeds
@@ -29,7 +30,14 @@ BUILT_IN = {  # name: (label, parameter, needs), as documented in refdiff/method
     "cfg": ("CFG", "w", ("denoiser",)),
     "clip": ("CLIP guidance, class name", "s", ("denoiser", "clip", "captions")),
     "latent_cfg": ("latent CFG", "w", ("latent_denoiser",)),
+    "negative": ("negative label", "w", ("denoiser", "negative")),
+    "perp_neg": ("Perp-Neg", "w", ("denoiser", "negative")),
+    "apg": ("APG (x0, eta = 0)", "w", ("denoiser",)),
+    "cfg_zero_star": ("CFG-Zero*", "w", ("denoiser",)),
+    "autoguidance": ("autoguidance", "w", ("denoiser", "weak_denoiser")),
 }
+NEGATIVE, BLUR = 2, 0.5  # the negative label and the weak model's blur of all_models()
+NEW_IN_CLI = "negative,perp_neg,apg,cfg_zero_star,autoguidance"  # the rules of 2023-2025 that sample and field offer
 # Every real: huge, tiny, subnormal, signed zeros; value_at must not care what the strength is.
 REALS = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
 
@@ -60,7 +68,8 @@ def all_models(gm=MIX, sched=SCHED):
     """Every model a built-in method reads, each distinguishable from the others."""
     return {"denoiser": gm.eps_model(sched), "classifier": gm.classifier(sched),
             "clip": FakeClip(gm, sched, CAPTIONS), "captions": CAPTIONS,
-            "latent_denoiser": OTHER.eps_model(sched)}
+            "latent_denoiser": OTHER.eps_model(sched), "negative": NEGATIVE,
+            "weak_denoiser": gm.blurred(BLUR).eps_model(sched)}
 
 
 @contextlib.contextmanager
@@ -78,16 +87,16 @@ def registered(*new):
 
 # ---- the built-in methods ------------------------------------------------------------------
 def test_the_built_in_methods_names_order_parameters_and_needs():
-    assert tuple(methods.METHODS)[:4] == tuple(BUILT_IN), tuple(methods.METHODS)
+    assert tuple(methods.METHODS)[:len(BUILT_IN)] == tuple(BUILT_IN), tuple(methods.METHODS)
     for name, (label, parameter, needs) in BUILT_IN.items():
         method = methods.get(name)
         assert isinstance(method, methods.Method) and method is methods.METHODS[name]
         got = (method.name, method.label, method.parameter, tuple(method.needs))
         assert got == (name, label, parameter, needs), (got, (name, label, parameter, needs))
     assert methods.PARAMETERS == ("w", "s")
-    assert methods.available(("denoiser", "classifier")) == ("classifier", "cfg")
+    assert methods.available(("denoiser", "classifier")) == ("classifier", "cfg", "apg", "cfg_zero_star")
     assert methods.available(["latent_denoiser"]) == ("latent_cfg",)
-    assert methods.available(set(all_models()))[:4] == tuple(BUILT_IN)
+    assert methods.available(set(all_models()))[:len(BUILT_IN)] == tuple(BUILT_IN)
     assert methods.available(()) == ()
 
 
@@ -104,6 +113,9 @@ def test_titles():
             "clip": "CLIP guidance, class name (s = 1 + w)", "latent_cfg": "latent CFG"}
     split = {"classifier": "classifier guidance\n(s = 1 + w)", "cfg": "CFG",
              "clip": "CLIP guidance, class name\n(s = 1 + w)", "latent_cfg": "latent CFG"}
+    for name in BUILT_IN:  # a "w" method's title is its label, unsplit
+        if BUILT_IN[name][1] == "w":
+            want[name] = split[name] = BUILT_IN[name][0]
     for name in BUILT_IN:
         got = (methods.get(name).title(), methods.get(name).title("\n"))
         assert got == (want[name], split[name]), (name, got)
@@ -132,6 +144,17 @@ def wrapped(name, models, y, value):
         return classifier_free_guidance(models["denoiser"], y, value)  # (G5)
     if name == "latent_cfg":
         return classifier_free_guidance(models["latent_denoiser"], y, value)  # (G5), (LD6)
+    if name == "negative":
+        return negative_prompt_guidance(models["denoiser"], y, NEGATIVE, value)  # (G15)
+    if name == "perp_neg":
+        return perp_neg_guidance(models["denoiser"], y, NEGATIVE, value, value)  # (G18), w_neg = w
+    if name == "apg":
+        return apg_guidance(models["denoiser"], SCHED, y, value, eta=0.0, norm_threshold=None, momentum=0.0,
+                            form="paper", prediction="x0")  # (G16) on x0
+    if name == "cfg_zero_star":
+        return cfg_zero_star(models["denoiser"], SCHED, y, value, zero_steps=1, prediction="eps")  # (G17), (G17z)
+    if name == "autoguidance":
+        return autoguidance(models["denoiser"], models["weak_denoiser"], y, value)  # (G19)
     captions = [models["captions"][k] for k in np.atleast_1d(y)]
     return clip_guidance(models["denoiser"], models["clip"].score_fn(captions), SCHED, value)  # (G13)
 
@@ -247,15 +270,15 @@ def help_text(capsys, command):
 @pytest.mark.parametrize("command", ["sample", "field"])
 def test_a_registered_rule_appears_in_the_help_of_sample_and_field(dummy, capsys, command):
     text = help_text(capsys, command)
-    assert "--guidance {none,classifier,cfg,dummy}" in text, text
-    assert ("the scale s for classifier, the weight w for cfg, the weight w for dummy (the CFG weight w is "
-            "diffusers' guidance_scale - 1)") in text, text
-    assert cli.guidance_choices() == ("none", "classifier", "cfg", "dummy")
+    assert f"--guidance {{none,classifier,cfg,{NEW_IN_CLI},dummy}}" in text, text
+    assert (f"the weight w for cfg, {NEW_IN_CLI.replace(',', ', ')}, dummy; the scale s for classifier (the CFG "
+            "weight w is diffusers' guidance_scale - 1)") in text, text
+    assert cli.guidance_choices() == ("none", "classifier", "cfg", *NEW_IN_CLI.split(","), "dummy")
 
 
 def test_without_the_rule_the_help_does_not_name_it(capsys):
     text = help_text(capsys, "sample")
-    assert "--guidance {none,classifier,cfg}" in text and "dummy" not in text, text
+    assert f"--guidance {{none,classifier,cfg,{NEW_IN_CLI}}}" in text and "dummy" not in text, text
 
 
 def test_a_method_needing_a_model_the_cli_cannot_load_is_not_a_choice(capsys, tmp_path):
@@ -305,7 +328,8 @@ def test_the_sweep_has_rows_of_a_registered_rule_after_the_built_ins(dummy):
     rows, samples = sweep.scale_sweep(models, SCHED, y, ws, x_T, lambda x, y: {"x00": float(x[0, 0])},
                                       sample=sample)
     assert [(r["method"], r["w"], r["scale"]) for r in rows] == [
-        (m, w, 1 + w) for m in ("classifier", "cfg", "dummy") for w in ws], rows
+        (m, w, 1 + w) for m in methods.available(models) for w in ws], rows
+    assert methods.available(models)[-1] == "dummy"
     for w in ws:  # value_at(w): w for a "w" method (the dummy's CFG at 2w), s = 1 + w for classifier guidance
         want = sample(classifier_free_guidance(models["denoiser"], y, 2 * w), x_T)
         assert np.array_equal(samples["dummy", w], want), (w, samples["dummy", w], want)
@@ -336,7 +360,7 @@ def test_the_plots_label_a_registered_rule_with_its_title(parameter, title):
 def test_the_demo_fields_figure_has_a_panel_for_a_registered_rule(dummy, monkeypatch, tmp_path):
     saved = []
     monkeypatch.setattr(demo, "save_figure", lambda fig, path: saved.append(fig))
-    data = type("Data", (), {"mixture": MIX, "name": "three_gaussians"})()
+    data = type("Data", (), {"mixture": MIX, "name": "three_gaussians", "num_labels": 3})()
     models = {"denoiser": MIX.eps_model(SCHED), "classifier": MIX.classifier(SCHED)}
     demo._fields_figure(str(tmp_path / "fields.png"), data, models, SCHED, ["cfg", "dummy"], 3.0)
     titles = [ax.get_title() for ax in saved[0].axes if ax.get_title()]

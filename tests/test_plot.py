@@ -17,7 +17,6 @@ from refdiff import plot  # noqa: E402
 from refdiff.guidance import classifier_free_guidance  # noqa: E402
 from refdiff.samplers import ddim  # noqa: E402
 from refdiff.schedule import Schedule  # noqa: E402
-from refdiff.methods import available  # noqa: E402
 from refdiff.sweep import mixture_measures, scale_sweep  # noqa: E402
 from toy_data import images  # noqa: E402
 
@@ -25,7 +24,7 @@ SCHED = Schedule.linear(1000)
 MIX = toy_data.mixture("three_gaussians")
 MODEL = MIX.eps_model(SCHED)
 WS = (0.0, 1.0, 3.0)
-METHODS = available(("denoiser", "classifier"))  # the registered methods a denoiser and a classifier run
+METHODS = ("classifier", "cfg")  # the two methods these plots sweep (the demo's)
 
 
 @pytest.fixture
@@ -43,7 +42,7 @@ def sweep():
     y, x_T = np.arange(n) % 3, np.random.default_rng(0).standard_normal((n, 2))
     rows, samples = scale_sweep({"denoiser": mix.eps_model(SCHED), "classifier": mix.classifier(SCHED)}, SCHED, y, WS, x_T,
                                 mixture_measures(mix, np.random.default_rng(1)),
-                                sample=lambda f, x: ddim(f, SCHED, x, 10))
+                                METHODS, sample=lambda f, x: ddim(f, SCHED, x, 10))
     return rows, samples, y
 
 

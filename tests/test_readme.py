@@ -92,7 +92,16 @@ def check_latent(lines, folder):
     assert (w0, w3) == (0.0, 3.0) and 0 <= unguided < guided <= 1, lines  # rises with w
 
 
-CHECKS = [check_oracle_samplers, check_learned, check_guidance, check_exact_clip, check_learned_clip, check_latent]
+def check_rules(lines, folder):
+    rows = {line[:15].strip(): numbers(line[15:]) for line in lines[:9]}
+    assert len(rows) == 9 and all(rows[name][0] > rows["unguided"][0] for name in rows if name != "unguided"), rows
+    assert abs(rows["negative label"][1] / rows["unguided"][1] - 1) < 0.1, rows  # keeps the spread
+    for name in ("CFG", "CFG-Zero*", "autoguidance"):  # shrink the classes, autoguidance most
+        assert rows["autoguidance"][1] <= rows[name][1] < rows["unguided"][1], rows
+
+
+CHECKS = [check_oracle_samplers, check_learned, check_guidance, check_rules, check_exact_clip, check_learned_clip,
+          check_latent]
 BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
 
 
