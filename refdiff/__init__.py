@@ -12,7 +12,8 @@ exact models    oracle (the Gaussian-mixture oracle); the toy_data package (2D s
 learned models  nn (MLP denoisers and classifiers), train (losses, Adam), clip (a toy CLIP),
                 latent (autoencoder, latent denoiser), checkpoint (the file format and its kinds)
 sampling        samplers (DDPM, DDIM, the probability-flow ODE), guidance (the guidance rules),
-                methods (the registry of guidance methods by name)
+                methods (the registry of guidance methods by name), inverse (guidance for a
+                linear observation: exact likelihood, DPS, reconstruction guidance)
 analysis        metrics (two-sample test, moments, fidelity, learned against exact), likelihood
                 (exact log-likelihood by the ODE), theory and theory_mixture (what guidance
                 samples, in closed form), sweep (guidance over a sweep of strengths), verify

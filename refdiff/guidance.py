@@ -93,9 +93,26 @@ def clip_guidance(eps_model, score_fn, sched, scale):
     """
     scale = as_real(scale, "scale")
     _check_score(score_fn, sched, noise_aware=True)
+    return log_likelihood_guidance(eps_model, score_fn, sched, scale)
+
+
+def log_likelihood_guidance(eps_model, log_likelihood, sched, scale):
+    """eps_bar = eps(x_t, t) - sqrt(1 - a) * scale * grad_x log_likelihood(x_t, t): (G3) with any
+    differentiable log-likelihood of a condition at x_t in place of log p(y | x_t).
+
+    CLIP guidance (G13) and the exact likelihood of an observation (docs/inverse.md, (I3)) are
+    this; eps is the unconditional prediction.
+
+    Parameters
+    ----------
+    eps_model : callable (x, t, y=None) -> (N, D), evaluated unconditionally
+    log_likelihood : callable (x (N, D), t) -> (N,), differentiable by autograd in x
+    sched : Schedule; scale : finite float
+    """
+    scale = as_real(scale, "scale")
 
     def grad_fn(x, t):
-        return scale * grad(lambda z: anp.sum(score_fn(z, t)))(x)
+        return scale * grad(lambda z: anp.sum(log_likelihood(z, t)))(x)
     return _shifted(eps_model, grad_fn, sched)
 
 
@@ -118,19 +135,36 @@ def clip_x0_guidance(eps_model, score_fn, sched, scale):
     eps_fn : callable (x (N, D), t) -> (N, D)
     """
     scale = as_real(scale, "scale")
-    _check_schedule(eps_model, sched, "eps_model")
     _check_score(score_fn, sched, noise_aware=False)
+    return x0_log_likelihood_guidance(eps_model, lambda x0, t: score_fn(x0), sched, scale)
+
+
+def x0_log_likelihood_guidance(eps_model, log_likelihood, sched, scale):
+    """eps_bar = eps - sqrt(1 - a) * scale * grad_x log_likelihood(x0_hat(x_t), t), x0_hat by (C1):
+    (G3) with a log-likelihood of the predicted clean point, differentiated back through the
+    denoiser (one backward pass per step; t an integer timestep).
+
+    Clean-CLIP guidance (G14), DPS and reconstruction guidance (docs/inverse.md, (I4), (I5)) are this.
+
+    Parameters
+    ----------
+    eps_model : callable (x, t, y=None) -> (N, D), differentiable by autograd in x
+    log_likelihood : callable (x0 (N, D), t (N,)) -> (N,), differentiable by autograd in x0
+    sched : Schedule; scale : finite float
+    """
+    scale = as_real(scale, "scale")
+    _check_schedule(eps_model, sched, "eps_model")
 
     def eps_fn(x, t):
         x = as_points(x, "x")
         t = as_times(t, x.shape[0], sched.T)
         kept = {}
 
-        def total_score(z):
+        def total(z):
             eps = eps_model(z, t)
             kept["eps"] = getval(eps)
-            return anp.sum(score_fn(eps_to_x0(sched, z, t, eps)))
-        g = grad(total_score)(x)
+            return anp.sum(log_likelihood(eps_to_x0(sched, z, t, eps), t))
+        g = grad(total)(x)
         return kept["eps"] - _sigma(sched, t, x) * scale * g
     return eps_fn
 

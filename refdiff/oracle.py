@@ -197,6 +197,55 @@ class GaussianMixture:
         covs = self.covs + delta ** 2 * np.eye(self.dim)
         return GaussianMixture(self.weights, self.means, covs, self.labels)
 
+    def posterior_given(self, A, y_obs, noise_std):
+        """The exact posterior p(x_0 | y_obs) of y_obs = A x_0 + n, n ~ N(0, noise_std^2 I), as a
+        GaussianMixture with this one's labels (docs/inverse.md, (I1)).
+
+        Component k is the Gaussian conditioning of N(mu_k, Sigma_k) on A x_0 + n = y_obs: with
+        S_k = A Sigma_k A^T + s^2 I and the gain G_k = Sigma_k A^T S_k^{-1}, its mean is
+        mu_k + G_k (y_obs - A mu_k), its covariance Sigma_k - G_k A Sigma_k, and its weight
+        pi_k N(y_obs; A mu_k, S_k), normalised.
+
+        A : array (M, D), y_obs : array (M,), noise_std : float > 0
+        """
+        A, y_obs, s = self._observation(A, y_obs, noise_std)
+        S = A @ self.covs @ A.T + s ** 2 * np.eye(len(y_obs))  # (K, M, M)
+        gain = np.swapaxes(np.linalg.solve(S, A @ self.covs), 1, 2)  # (K, D, M): Sigma_k A^T S_k^{-1}
+        residual = y_obs - self.means @ A.T  # (K, M)
+        covs = self.covs - gain @ A @ self.covs
+        return GaussianMixture(np.exp(_shift_rows(self._log_evidence(S, residual)[None])[0]),
+                               self.means + np.einsum("kdm,km->kd", gain, residual), (covs + np.swapaxes(covs, 1, 2)) / 2,
+                               self.labels)
+
+    def observation_log_likelihood(self, x, alpha_bar, A, y_obs, noise_std):
+        """log p(y_obs | x_t) for y_obs = A x_0 + n, exactly (docs/inverse.md, (I2)); shape (N,).
+
+        By Bayes' rule p(y_obs | x_t) = q_t(x_t | y_obs) p(y_obs) / q_t(x_t): the noised posterior
+        (the noised ``posterior_given``, (O1)) over the noised prior, times the evidence
+        p(y_obs) = sum_k pi_k N(y_obs; A mu_k, S_k). Differentiable in x by autograd.
+        """
+        A, y_obs, s = self._observation(A, y_obs, noise_std)
+        S = A @ self.covs @ A.T + s ** 2 * np.eye(len(y_obs))
+        evidence = log_sum_exp(self._log_evidence(S, y_obs - self.means @ A.T)[None])[0, 0]
+        posterior = self.posterior_given(A, y_obs, noise_std)
+        return posterior.log_prob_noised(x, alpha_bar) - self.log_prob_noised(x, alpha_bar) + evidence
+
+    def _log_evidence(self, S, residual):
+        """log pi_k + log N(y_obs; A mu_k, S_k) per component, (K,), from S (K, M, M) and y_obs - A mu_k (K, M)."""
+        _, logdet = np.linalg.slogdet(S)
+        quad = np.einsum("km,km->k", residual, np.linalg.solve(S, residual[:, :, None])[:, :, 0])
+        return np.log(self.weights) - 0.5 * (quad + logdet + residual.shape[1] * LOG_2PI)
+
+    def _observation(self, A, y_obs, noise_std):
+        """A as (M, D) with D this mixture's dimension, y_obs as (M,), noise_std > 0, each checked by name."""
+        if not is_real(A) or np.ndim(A) != 2 or np.shape(A)[1] != self.dim or not np.all(np.isfinite(A)):
+            raise ValueError(f"A must be a finite array of shape (M, {self.dim}), got {np.shape(A)}")
+        A = np.asarray(A, dtype=np.float64)
+        if not is_real(y_obs) or np.shape(y_obs) != (A.shape[0],) or not np.all(np.isfinite(y_obs)):
+            raise ValueError(f"y_obs must be a finite array of shape ({A.shape[0]},) (one value per row of A), "
+                             f"got {np.shape(y_obs)}")
+        return A, np.asarray(y_obs, dtype=np.float64), as_real(noise_std, "noise_std", above=0)
+
     def sample(self, n, rng, y=None):
         """Draw n points: a component k by its weight (within label y if given), then N(mu_k, Sigma_k).
 

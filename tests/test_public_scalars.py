@@ -40,8 +40,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 import toy_data
-from refdiff import (bench, clip, datasets, demo, demo_images, guidance, latent, likelihood, methods, metrics,
-                     nn, oracle, plot, process, samplers, sweep, theory, theory_mixture, train, verify)
+from refdiff import (bench, clip, datasets, demo, demo_images, guidance, inverse, latent, likelihood, methods,
+                     metrics, nn, oracle, plot, process, samplers, sweep, theory, theory_mixture, train, verify)
 from refdiff.schedule import Schedule
 from toy_data import images, two_d
 
@@ -329,6 +329,19 @@ REGISTRY = [
       lambda: (guidance.interval_weight, (), dict(w=1.0, t_low=2, t_high=10))),
     E("refdiff.guidance", "steps_interval", {"start": REAL, "stop": REAL},
       lambda: (guidance.steps_interval, (sched(), 10), dict(start=0.1, stop=0.9))),
+    E("refdiff.guidance", "log_likelihood_guidance", {"scale": REAL},
+      lambda: (guidance.log_likelihood_guidance, (zero_eps, lambda x, t: x[:, 0], sched()), dict(scale=1.0))),
+    E("refdiff.guidance", "x0_log_likelihood_guidance", {"scale": REAL},
+      lambda: (guidance.x0_log_likelihood_guidance, (zero_eps, lambda x0, t: x0[:, 0], sched()), dict(scale=1.0))),
+    E("refdiff.inverse", "likelihood_guidance", {"noise_std": REAL, "scale": REAL},
+      lambda: (inverse.likelihood_guidance, (zero_eps, mixture(), sched(), [[1.0, 0.0]], [0.5]),
+               dict(noise_std=0.3, scale=1.0))),
+    E("refdiff.inverse", "dps_guidance", {"zeta": REAL},
+      lambda: (inverse.dps_guidance, (zero_eps, sched(), [[1.0, 0.0]], [0.5]), dict(zeta=1.0))),
+    E("refdiff.inverse", "reconstruction_guidance", {"noise_std": REAL, "scale": REAL},
+      lambda: (inverse.reconstruction_guidance, (zero_eps, sched(), [[1.0, 0.0]], [0.5]), dict(noise_std=0.3, scale=1.0))),
+    E("refdiff.oracle", "GaussianMixture.posterior_given", {"noise_std": REAL},
+      lambda: (mixture().posterior_given, ([[1.0, 0.0]], [0.5]), dict(noise_std=0.3))),
     E("refdiff.methods", "Method.value_at", {"w": REAL}, lambda: (methods.get("classifier").value_at, (), dict(w=1.0))),
     E("refdiff.methods", "Method.eps_fn", {"value": REAL},
       lambda: (methods.get("cfg").eps_fn, ({"denoiser": zero_eps}, sched(), 0), dict(value=1.0)),

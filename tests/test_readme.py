@@ -100,8 +100,13 @@ def check_rules(lines, folder):
         assert rows["autoguidance"][1] <= rows[name][1] < rows["unguided"][1], rows
 
 
-CHECKS = [check_oracle_samplers, check_learned, check_guidance, check_rules, check_exact_clip, check_learned_clip,
-          check_latent]
+def check_inverse(lines, folder):
+    d = {line[:17].strip(): float(line[17:]) for line in lines[:3]}
+    assert d["exact likelihood"] < 0.002 < d["reconstruction"] < d["DPS"], d  # at the floor (~0.002 at n = 2000); in between; biased
+
+
+CHECKS = [check_oracle_samplers, check_learned, check_guidance, check_rules, check_inverse, check_exact_clip,
+          check_learned_clip, check_latent]
 BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
 
 
