@@ -13,7 +13,8 @@ learned models  nn (MLP denoisers and classifiers), train (losses, Adam), clip (
                 latent (autoencoder, latent denoiser), checkpoint (the file format and its kinds)
 sampling        samplers (DDPM, DDIM, the probability-flow ODE), guidance (the guidance rules),
                 methods (the registry of guidance methods by name), inverse (guidance for a
-                linear observation: exact likelihood, DPS, reconstruction guidance)
+                linear observation: exact likelihood, DPS, reconstruction guidance), tilted
+                (sequential Monte Carlo for the tilted density)
 analysis        metrics (two-sample test, moments, fidelity, learned against exact), likelihood
                 (exact log-likelihood by the ODE), theory and theory_mixture (what guidance
                 samples, in closed form), sweep (guidance over a sweep of strengths), verify

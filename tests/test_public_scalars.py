@@ -41,7 +41,7 @@ from hypothesis import given, strategies as st
 
 import toy_data
 from refdiff import (bench, clip, datasets, demo, demo_images, guidance, inverse, latent, likelihood, methods,
-                     metrics, nn, oracle, plot, process, samplers, sweep, theory, theory_mixture, train, verify)
+                     metrics, nn, oracle, plot, process, samplers, sweep, theory, theory_mixture, tilted, train, verify)
 from refdiff.schedule import Schedule
 from toy_data import images, two_d
 
@@ -342,6 +342,14 @@ REGISTRY = [
       lambda: (inverse.reconstruction_guidance, (zero_eps, sched(), [[1.0, 0.0]], [0.5]), dict(noise_std=0.3, scale=1.0))),
     E("refdiff.oracle", "GaussianMixture.posterior_given", {"noise_std": REAL},
       lambda: (mixture().posterior_given, ([[1.0, 0.0]], [0.5]), dict(noise_std=0.3))),
+    E("refdiff.tilted", "tilted_log_target", {"w": REAL},
+      lambda: (tilted.tilted_log_target, (mixture(), sched(), 0), dict(w=1.0))),
+    E("refdiff.tilted", "smc", {"threshold": REAL, "mala_steps": COUNT, "mala_size": REAL},
+      lambda: (tilted.smc, (linear_eps, lambda x, t: -0.5 * (x ** 2).sum(1), sched(), x2(), rng()),
+               dict(steps=3, threshold=0.5, mala_steps=1, mala_size=1.0))),
+    E("refdiff.tilted", "sample", {"n": COUNT, "steps": OPT_STEPS, "threshold": REAL, "mala_steps": COUNT, "mala_size": REAL},
+      lambda: (tilted.sample, (mixture(), sched(), 0, 1.0), dict(n=4, rng=rng(), steps=3, threshold=0.5, mala_steps=1,
+                                                                  mala_size=1.0))),
     E("refdiff.methods", "Method.value_at", {"w": REAL}, lambda: (methods.get("classifier").value_at, (), dict(w=1.0))),
     E("refdiff.methods", "Method.eps_fn", {"value": REAL},
       lambda: (methods.get("cfg").eps_fn, ({"denoiser": zero_eps}, sched(), 0), dict(value=1.0)),
