@@ -1,6 +1,7 @@
 """Samplers: DDPM ancestral sampling, DDIM, the probability-flow ODE, Euler ancestral,
-DPM-Solver++(2M), (2S) and (2M) SDE, Karras et al.'s stochastic sampler and DDIM inversion, and the thresholding of
-x0_hat as eps_fn wrappers (docs/samplers.md).
+DPM-Solver++(2M), (2S) and (2M) SDE, Karras et al.'s stochastic sampler, predictor-corrector
+guidance (two eps functions) and DDIM inversion, and the thresholding of x0_hat as eps_fn wrappers
+(docs/samplers.md).
 
 Every sampler takes a plain ``eps_fn(x, t) -> eps`` (a model with guidance already applied, or
 ``lambda x, t: eps_model(x, t, y)``) and never knows about labels or guidance. They share one
@@ -437,6 +438,35 @@ def _churn(sched, x, t, s, s_hat, s_noise, rng):
     z = rng.standard_normal(x.shape, dtype=x.dtype)
     x_tilde = x / np.sqrt(float(sched.alpha_bar_at(t))) + s_noise * np.sqrt(s_hat ** 2 - s ** 2) * z
     return (x_tilde * np.sqrt(float(sched.alpha_bar_at(t_hat)))).astype(x.dtype), t_hat
+
+
+def pcg(eps_fn, corrector_eps_fn, sched, x_T, steps, rng, *, langevin_steps=1, step_scale=1.0, spacing=None,
+        return_path=False, callback=None):
+    """Predictor-corrector guidance, Bradley & Nakkiran (2024), eq. (D14): a DDIM step (D2) with
+    ``eps_fn`` (the predictor; for PCG the conditional model), then ``langevin_steps`` unadjusted
+    Langevin steps at t_prev on the density whose eps is ``corrector_eps_fn`` (the corrector; for
+    PCG the powered density p_t(x | y)^gamma p_t(x)^(1 - gamma), i.e. CFG (G5) with w = gamma - 1):
+
+        x <- x + (e / 2) s(x) + sqrt(e) z,     s = -corrector_eps / sqrt(1 - a_prev),   e = step_scale beta_j,
+
+    beta_j the respaced step's beta (S5). With the conditional predictor, one corrector step of
+    scale 1 and exponent 2 gamma - 1 it is DDPM with CFG at gamma = 1 + w to first order in the
+    step (docs/theory_mixture.md, (T10), (T11)). No corrector at the last step (t_prev = 0); one
+    noise draw per Langevin step. rng: numpy.random.Generator.
+    """
+    rng, x = check_rng(rng), as_points(x_T, "x_T")
+    langevin_steps, step_scale = as_count(langevin_steps, "langevin_steps"), as_real(step_scale, "step_scale", above=0)
+    ts = _sampler_grid(sched, steps, spacing, discrete=True)
+    sub, path = sched.respace(ts), [x]
+    for j, t, t_prev in zip(range(len(ts), 0, -1), ts, np.append(ts[1:], 0)):
+        eps = _call(eps_fn, x, t)
+        x_new = _ddim_update(sched, x, t, t_prev, eps, 0.0, None)
+        e, sigma = step_scale * sub.betas[j], np.sqrt(1 - sched.alpha_bar[t_prev])
+        for _ in range(langevin_steps if t_prev > 0 else 0):  # (D14) the corrector
+            score = -_call(corrector_eps_fn, x_new, t_prev, "corrector_eps_fn") / sigma
+            x_new = x_new + e / 2 * score + np.sqrt(e) * rng.standard_normal(x.shape, dtype=x.dtype)
+        x = _step_done(x_new.astype(x.dtype), t, eps, path, return_path, callback)
+    return (x, np.stack(path)) if return_path else x
 
 
 def ddim_invert(eps_fn, sched, x0, steps, *, spacing=None, rng=None, return_path=False, callback=None):

@@ -8,6 +8,7 @@ k standard errors, the SEs of ``sample_moments``; at w = 0 the guided eps is aff
 of docs/theory.md give the samplers' exact finite-step laws and the discretisation error exactly.
 The predictor-corrector split (T10), (T11) is an identity, checked at float64 round-off.
 """
+import importlib.util
 import re
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from scipy.special import expit
 from scipy.stats import norm
 
 import toy_data
-from refdiff import theory, theory_mixture as tm
+from refdiff import samplers, theory, theory_mixture as tm
+from refdiff.guidance import classifier_free_guidance
 from refdiff.schedule import Schedule
 
 from strategies import EPS64, assert_bounded
@@ -157,3 +159,45 @@ def test_T11_the_corrector_exponent_is_2_gamma_minus_1_not_gamma(name):
     np.testing.assert_allclose(tm.powered_score(mixture, x, a, 1, 1.0), mixture.score(x, a, 1), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(tm.powered_score(mixture, x, a, 1, 0.0), mixture.score(x, a),
                                rtol=1e-10, atol=1e-12)
+
+
+# ---- PCG: (T11) as a sampler (samplers.pcg, (D14)) --------------------------------------------------
+def _pcg_laws():
+    spec = importlib.util.spec_from_file_location("pcg_laws", Path(__file__).resolve().parents[1] / "docs" / "pcg_laws.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pcg_table_converges_to_the_reverse_sde_and_its_ratios():
+    laws = _pcg_laws()
+    assert laws.table() in (Path(__file__).resolve().parents[1] / "docs" / "theory_mixture.md").read_text()
+    for gamma in laws.GAMMAS:
+        limit = np.array(theory.sde_limit(laws.MU, laws.V, gamma - 1))
+        pcg = np.array([laws.pcg_law(gamma, k) for k in laws.COUNTS])
+        ddpm = np.array([theory.sampler_output(laws.SCHED, "ddpm", laws.MU, laws.V, gamma - 1, steps=k, max_draws=k)
+                         for k in laws.COUNTS])
+        for law in (pcg, ddpm):  # first order: the error falls about 4x from 250 to 1000 steps
+            err = np.abs(law - limit).max(axis=1)
+            assert np.all(np.diff(err) < 0) and 2.5 < err[2] / err[3] < 6, (gamma, err)
+        rel = np.abs(pcg[0] / limit - 1), np.abs(ddpm[0] / limit - 1)  # 50 steps: "(mean, var)" relative errors
+        assert rel[0][1] < 0.024 and 22 <= round(100 * rel[1][1]) <= 31, (gamma, rel)
+    pcg4, ddpm4, limit4 = laws.pcg_law(4.0, 50), theory.sampler_output(laws.SCHED, "ddpm", 1.0, 0.5, 3.0, steps=50, max_draws=50), 1.875
+    assert round(1 - pcg4[0] / limit4, 3) == 0.018 and round(ddpm4[0] / limit4 - 1, 3) == 0.008
+
+
+def test_pcg_without_a_corrector_is_ddim_and_its_samples_follow_its_law():
+    laws = _pcg_laws()
+    pair = theory.exact_pair(laws.SCHED, 1.0, 0.5)
+    predictor, corrector = (lambda x, t: pair(x, t, 0)), classifier_free_guidance(pair, 0, 2.0)
+    x = np.random.default_rng(0).standard_normal((50, 1))
+    assert np.array_equal(samplers.pcg(predictor, corrector, laws.SCHED, x, 20, np.random.default_rng(1), langevin_steps=0),
+                          samplers.ddim(predictor, laws.SCHED, x, 20))
+    # 20,000 samples against the exact law (T12): mean within 5 sd / sqrt(n), variance within 5 var sqrt(2 / n)
+    n, rng = 20_000, np.random.default_rng(2)
+    got = samplers.pcg(predictor, corrector, laws.SCHED, rng.standard_normal((n, 1)), 50, rng)[:, 0]
+    mean, var = laws.pcg_law(2.0, 50)
+    assert abs(got.mean() - mean) < 5 * np.sqrt(var / n) and abs(got.var() - var) < 5 * var * np.sqrt(2 / n)
+    for kwargs, name in (({"langevin_steps": -1}, "langevin_steps"), ({"step_scale": 0.0}, "step_scale")):
+        with pytest.raises(ValueError, match=rf"\b{name}\b"):
+            samplers.pcg(predictor, corrector, laws.SCHED, x, 5, rng, **kwargs)
