@@ -139,25 +139,31 @@ def clip_x0_guidance(eps_model, score_fn, sched, scale):
     return x0_log_likelihood_guidance(eps_model, lambda x0, t: score_fn(x0), sched, scale)
 
 
-def x0_log_likelihood_guidance(eps_model, log_likelihood, sched, scale):
+def x0_log_likelihood_guidance(eps_model, log_likelihood, sched, scale, t_max=None):
     """eps_bar = eps - sqrt(1 - a) * scale * grad_x log_likelihood(x0_hat(x_t), t), x0_hat by (C1):
     (G3) with a log-likelihood of the predicted clean point, differentiated back through the
     denoiser (one backward pass per step; t an integer timestep).
 
     Clean-CLIP guidance (G14), DPS and reconstruction guidance (docs/inverse.md, (I4), (I5)) are this.
+    With ``t_max`` the term is applied only where every row's t <= t_max, and eps alone above: x0_hat
+    divides by sqrt(alpha_bar), so at high noise a learned eps's Jacobian errors reach the gradient
+    magnified (docs/inverse.md, "Learned models").
 
     Parameters
     ----------
     eps_model : callable (x, t, y=None) -> (N, D), differentiable by autograd in x
     log_likelihood : callable (x0 (N, D), t (N,)) -> (N,), differentiable by autograd in x0
-    sched : Schedule; scale : finite float
+    sched : Schedule; scale : finite float; t_max : None (every t) or an integer in 1..T
     """
     scale = as_real(scale, "scale")
+    t_max = sched.T if t_max is None else as_count(t_max, "t_max", low=1)
     _check_schedule(eps_model, sched, "eps_model")
 
     def eps_fn(x, t):
         x = as_points(x, "x")
         t = as_times(t, x.shape[0], sched.T)
+        if np.max(t) > t_max:
+            return eps_model(x, t)
         kept = {}
 
         def total(z):

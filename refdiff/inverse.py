@@ -29,26 +29,29 @@ def likelihood_guidance(eps_model, mixture, sched, A, y_obs, noise_std, scale=1.
     return log_likelihood_guidance(eps_model, log_likelihood, sched, scale)
 
 
-def dps_guidance(eps_model, sched, A, y_obs, zeta):
+def dps_guidance(eps_model, sched, A, y_obs, zeta, t_max=None):
     """eps_bar with the likelihood at the predicted clean point, log p(y_obs | x_t) ~ -zeta
     ||y_obs - A x0_hat(x_t)||^2 per sample, eq. (I4): diffusion posterior sampling, Chung et al.
     (2023), eq. 11 and Alg. 1, in the eps form (G3) (docs/inverse.md relates its step size).
 
     zeta = 1 / (2 noise_std^2) is DPS's own approximation, p(y_obs | x_t) ~ p(y_obs | x0_hat).
+    ``t_max``: guide only at t <= t_max (``guidance.x0_log_likelihood_guidance``), which a learned
+    denoiser needs.
     """
     A, y_obs = _linear(A, y_obs)
     zeta = as_real(zeta, "zeta", low=0)
     return x0_log_likelihood_guidance(
-        eps_model, lambda x0, t: -zeta * anp.sum((y_obs - x0 @ A.T) ** 2, axis=1), sched, 1.0)
+        eps_model, lambda x0, t: -zeta * anp.sum((y_obs - x0 @ A.T) ** 2, axis=1), sched, 1.0, t_max)
 
 
-def reconstruction_guidance(eps_model, sched, A, y_obs, noise_std, scale=1.0):
+def reconstruction_guidance(eps_model, sched, A, y_obs, noise_std, scale=1.0, t_max=None):
     """eps_bar with log p(y_obs | x_t) ~ log N(y_obs; A x0_hat(x_t), noise_std^2 I + (1 - a) A A^T),
     eq. (I5): the likelihood at the predicted clean point with the spread of x_0 around it.
 
     (1 - a) is Var[x_0 | x_t] for data of unit variance, the choice of Song et al. (2023, PiGDM);
     reconstruction guidance of Ho et al. (2022, video diffusion, eq. 7) puts a fixed weight
-    where this puts the covariance. As t -> 0 it becomes the exact likelihood of x_0.
+    where this puts the covariance. As t -> 0 it becomes the exact likelihood of x_0. ``t_max`` as
+    in ``dps_guidance``.
     """
     A, y_obs = _linear(A, y_obs)
     s = as_real(noise_std, "noise_std", above=0)
@@ -59,7 +62,7 @@ def reconstruction_guidance(eps_model, sched, A, y_obs, noise_std, scale=1.0):
         residual = y_obs - x0 @ A.T
         precision = np.linalg.inv(cov)
         return -0.5 * anp.einsum("nm,nmk,nk->n", residual, precision, residual)
-    return x0_log_likelihood_guidance(eps_model, log_likelihood, sched, scale)
+    return x0_log_likelihood_guidance(eps_model, log_likelihood, sched, scale, t_max)
 
 
 def _linear(A, y_obs):

@@ -40,7 +40,7 @@ def assert_png(path):
 
 def test_every_example_has_a_docstring_saying_how_to_run_it():
     scripts = sorted(p.name for p in EXAMPLES.glob("*.py"))
-    assert scripts == ["clip_images.py", "guidance_sweep.py", "guided_field.py"]
+    assert scripts == ["clip_images.py", "guidance_sweep.py", "guided_field.py", "inpainting.py"]
     for name in scripts:
         doc = ast.get_docstring(ast.parse((EXAMPLES / name).read_text(encoding="utf-8")))
         assert doc and f"python examples/{name}" in doc, name
@@ -120,3 +120,15 @@ def test_clip_images(tmp_path, capsys, monkeypatch):
     for caption in captions:  # guidance climbs the score it is given
         assert table[caption, 5.0][0] > table[caption, 0.0][0], table
     assert_png(tmp_path / "captions.png")
+
+
+def test_inpainting(tmp_path, capsys, monkeypatch):
+    # a 300-step denoiser, 3 images, DDPM-100: every rule prints finite errors, a guided rule agrees with
+    # the observation better than the unguided samples (mutation: the observation's rows of A shuffled)
+    lines = run_script("inpainting.py", ["--denoiser-steps", "300", "-n", "3", "--out", str(tmp_path)], capsys, monkeypatch)
+    assert lines[0].split() == ["rule", "RMS", "observed", "RMS", "hidden", "own", "class", "diverged"]
+    rows = {line[:22].strip(): [float(v) for v in line[22:].split()] for line in lines[1:-1]}
+    assert sorted(rows) == sorted(["unguided", "DPS, zeta = 5", "DPS, zeta = 0.5", "reconstruction"]), rows
+    assert all(np.all(np.isfinite(v)) and v[-1] == 0 for v in rows.values()), rows
+    assert rows["reconstruction"][0] < rows["unguided"][0] and rows["DPS, zeta = 5"][0] < rows["unguided"][0], rows
+    assert_png(tmp_path / "inpainting.png")

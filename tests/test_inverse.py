@@ -142,6 +142,32 @@ def test_I4_I5_shift_eps_by_the_gradient_of_their_likelihood_at_x0_hat(rule):
     np.testing.assert_allclose(fn(x, np.full(6, t)), want, rtol=1e-9, atol=1e-12)
 
 
+def test_I4_I5_guide_only_up_to_t_max():
+    # above t_max the eps is the model's, bit for bit (no backward pass); at t_max and below, guided
+    rng = np.random.default_rng(5)
+    x, eps = rng.normal(0, 1.5, (6, 2)), MIX.eps_model(SCHED)
+    for fn in (inverse.dps_guidance(eps, SCHED, A1, Y1, 2.0, t_max=400),
+               inverse.reconstruction_guidance(eps, SCHED, A1, Y1, S1, t_max=400)):
+        np.testing.assert_array_equal(fn(x, np.full(6, 401)), eps(x, np.full(6, 401)))
+        assert not np.allclose(fn(x, np.full(6, 400)), eps(x, np.full(6, 400)))
+
+
+def test_the_jacobian_of_x0_hat_and_its_amplification_of_eps_errors():
+    # docs/inverse.md, "Learned models": for the exact eps of N(mu, Sigma), d x0_hat / d x_t is
+    # sqrt(a) Cov[x_0 | x_t] / (1 - a) = sqrt(a) / (1 - a) (Sigma^-1 + a / (1 - a) I)^-1 (autograd, every row);
+    # an error delta in J_eps reaches it times sqrt(1 - a) / sqrt(a): 157 at t = T, 6.1 at t = 600
+    from autograd import jacobian
+    gm = GaussianMixture([1.0], [[0.5, -1.0]], [[[0.6, 0.2], [0.2, 0.4]]])
+    eps = gm.eps_model(SCHED)
+    for t in (50, 600, 1000):
+        a = SCHED.alpha_bar[t]
+        x0_hat = lambda z: eps_to_x0(SCHED, z[None], np.array([t]), eps(z[None], np.array([t])))[0]
+        want = np.sqrt(a) / (1 - a) * np.linalg.inv(np.linalg.inv(gm.covs[0]) + a / (1 - a) * np.eye(2))
+        np.testing.assert_allclose(jacobian(x0_hat)(np.array([0.3, 0.7])), want, rtol=1e-6, atol=1e-9)
+    factor = lambda t: np.sqrt(1 - SCHED.alpha_bar[t]) / np.sqrt(SCHED.alpha_bar[t])
+    assert (round(factor(1000)), round(factor(600), 1), round(np.sqrt(SCHED.alpha_bar[600]), 2)) == (157, 6.1, 0.16)
+
+
 def test_I4_zeta_0_is_the_prior():
     rng = np.random.default_rng(4)
     x, t = rng.normal(0, 1.5, (6, 2)), rng.integers(1, SCHED.T + 1, 6)
