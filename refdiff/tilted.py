@@ -5,7 +5,9 @@ CFG's samplers land neither on p(x | y)^(1 + w) p(x)^(-w) nor on one law (docs/t
 Sequential Monte Carlo (Del Moral, Doucet & Jasra 2006) corrects them: particles move by a guided
 DDPM step and are weighted, step by step, toward the tilted densities of the noised marginals,
 pi_t(x) proportional to q_t(x | y)^(1 + w) q_t(x)^(-w); at t = 0 that is the tilted density
-itself. With the oracle log pi_t is exact, so the weighted particles are exactly consistent for it.
+itself. With the oracle log pi_t is exact, so the weighted particles are exactly consistent for it
+(``smc``, ``sample``); ``fk_cfg`` weights CFG's DDPM from the two scores alone (Feynman-Kac), which
+a learned model can give.
 """
 from collections import namedtuple
 
@@ -85,6 +87,38 @@ def mala(eps_fn, log_target, sched, x, t, size, rng):
     return np.where(accept[:, None], proposal, x)
 
 
+def fk_cfg(eps_model, sched, y, w, x_T, rng, steps=None, threshold=0.5):
+    """CFG's DDPM with Feynman-Kac weights toward the tilted density from scores alone, eq. (F5).
+
+    With gamma = 1 + w, log pi_t = gamma log q_t(x | y) + (1 - gamma) log q_t(x), and each q_t solves
+    the forward Fokker-Planck equation, so d/dt log pi_t is that of a density whose score is CFG's,
+    plus (beta / 2) gamma (1 - gamma) |s_y - s|^2 (s_y, s the two scores). Sampling the reverse SDE
+    with CFG's score (DDPM) therefore targets pi_0 once each particle carries the weight
+    d log W = (beta / 2) gamma (gamma - 1) |s_y - s|^2 per unit of reverse time (Skreta et al. 2025):
+    per step, (beta_j / 2) gamma (gamma - 1) |eps(x, t, y) - eps(x, t)|^2 / (1 - alpha_bar_t), from the
+    two predictions CFG already makes. No density is needed, so a learned model serves; what is
+    approximated is the continuous-time weight by one Euler step per grid interval, and the scores
+    by the model. DDPM's step has variance beta (as in ``smc``); resampling as in ``smc``.
+    Returns SMCResult(x, log_weights, ess).
+    """
+    rng, x = check_rng(rng), as_points(x_T, "x_T")
+    gamma, threshold = 1 + as_real(w, "w"), as_real(threshold, "threshold", low=0, high=1)
+    ts = sampling_grid(sched, np.arange(sched.T, 0, -1) if steps is None else steps, discrete=True)
+    sub, log_w, ess = sched.respace(ts), np.zeros(len(x)), []
+    labels = np.broadcast_to(np.asarray(y), (len(x),))
+    for j, t in zip(range(sub.T, 0, -1), ts):
+        tt = np.full(len(x), t)
+        cond, uncond = np.asarray(eps_model(x, tt, labels)), np.asarray(eps_model(x, tt))
+        log_w = log_w + sub.betas[j] / 2 * gamma * (gamma - 1) * np.sum((cond - uncond) ** 2, axis=1) / (
+            1 - sched.alpha_bar[t])  # (F5)
+        x = p_mean(sub, x, np.full(len(x), j), (1 + w) * cond - w * uncond)  # (P4) with CFG's eps (G5)
+        x = x + np.sqrt(sub.betas[j]) * rng.standard_normal(x.shape) if j > 1 else x
+        ess.append(effective_sample_size(log_w) / len(x))
+        if ess[-1] < threshold:
+            x, log_w = x[systematic_resample(log_w, rng)], np.zeros(len(x))
+    return SMCResult(x, log_w, np.array(ess))
+
+
 def effective_sample_size(log_weights):
     """(sum w)^2 / sum w^2 from log weights, eq. (F3): N for equal weights, 1 when one weight holds all."""
     w = np.exp(log_weights - np.max(log_weights))
@@ -116,8 +150,8 @@ def sample(mixture, sched, y, w, n, rng, steps=200, threshold=0.5, mala_steps=1,
     final weights (steps: as ``smc``, None for every timestep). Returns (x (n, D), SMCResult); x_T
     is drawn from ``rng`` first.
 
-    The weights need log q_t, which only the oracle has; for a learned model refdiff has no
-    estimate of it in the loop (docs/tilted.md).
+    The weights need log q_t, which only the oracle has; a learned model takes ``fk_cfg`` (F5),
+    whose weights need only its two predictions (docs/tilted.md).
     """
     rng = check_rng(rng)
     x_T = rng.standard_normal((as_count(n, "n", low=1), mixture.dim))

@@ -352,6 +352,8 @@ REGISTRY = [
     E("refdiff.tilted", "smc", {"threshold": REAL, "mala_steps": COUNT, "mala_size": REAL},
       lambda: (tilted.smc, (linear_eps, lambda x, t: -0.5 * (x ** 2).sum(1), sched(), x2(), rng()),
                dict(steps=3, threshold=0.5, mala_steps=1, mala_size=1.0))),
+    E("refdiff.tilted", "fk_cfg", {"w": REAL, "steps": OPT_STEPS, "threshold": REAL},
+      lambda: (tilted.fk_cfg, (zero_eps, sched(), 0), dict(w=1.0, x_T=x2(), rng=rng(), steps=3, threshold=0.5))),
     E("refdiff.tilted", "sample", {"n": COUNT, "steps": OPT_STEPS, "threshold": REAL, "mala_steps": COUNT, "mala_size": REAL},
       lambda: (tilted.sample, (mixture(), sched(), 0, 1.0), dict(n=4, rng=rng(), steps=3, threshold=0.5, mala_steps=1,
                                                                   mala_size=1.0))),

@@ -100,3 +100,29 @@ def test_bad_arguments_are_named():
                          ({"mala_size": 0.0}, "mala_size"), ({"n": 0}, "n")):
         with pytest.raises(ValueError, match=rf"\b{name}\b"):
             tilted.sample(mix, SCHED, 1, 1.0, **{"n": 10, "rng": np.random.default_rng(0), "steps": 5, **kwargs})
+
+
+def test_F5_the_fk_table_and_its_claims():
+    rows = measure_tilted.fk_rows()
+    assert measure_tilted.fk_table(rows) in (DOCS / "tilted.md").read_text()
+    by = {(r["w"], r["steps"]): r for r in rows}
+    for steps in (100, 400):  # w = 1: within 0.025 of the mean and 0.01 of the variance at both step counts
+        r = by[1.0, steps]
+        assert np.all(np.abs(r["fk"] - [r["exact"]["mean"], r["exact"]["var"]]) <= [0.025, 0.01]), r
+    high, fine = by[3.0, 100], by[3.0, 400]  # w = 3: 0.095 too high at 100 steps, within one SE at 400
+    assert round(high["fk"][0] - high["exact"]["mean"], 3) == 0.095
+    assert abs(fine["fk"][0] - fine["exact"]["mean"]) <= fine["se"][0]
+
+
+def test_F5_weights_are_the_score_gap_and_vanish_at_w_0():
+    # one step replayed by hand: (beta_j / 2) gamma (gamma - 1) |eps_y - eps|^2 / (1 - a); at w = 0 none
+    # (mutation caught: gamma (1 - gamma), the sign that favours the particles CFG already over-represents)
+    mix = theory_mixture.two_class_mixture()
+    eps = mix.eps_model(SCHED)
+    x = np.linspace(-2, 3, 7)[:, None]
+    result = tilted.fk_cfg(eps, SCHED, 1, 2.0, x, np.random.default_rng(0), steps=[700], threshold=0.0)
+    sub, t = SCHED.respace(np.array([700])), 700
+    gap = np.sum((eps(x, np.full(7, t), np.ones(7, int)) - eps(x, np.full(7, t))) ** 2, axis=1)
+    np.testing.assert_allclose(result.log_weights, sub.betas[1] / 2 * 3 * 2 * gap / (1 - SCHED.alpha_bar[t]), rtol=1e-12)
+    flat = tilted.fk_cfg(eps, SCHED, 1, 0.0, x, np.random.default_rng(0), steps=5)
+    assert np.all(flat.log_weights == 0) and np.all(flat.ess == 1)
