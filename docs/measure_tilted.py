@@ -6,14 +6,22 @@ Each 1D row: RUNS independent runs of tilted.sample with N particles and STEPS D
 Schedule.linear(1000); the mean over runs of the resampled particles' mean, variance and P(x < 0),
 with the standard error from the spread of the runs, and the smallest ESS / N of any step.
 
-Run: python docs/measure_tilted.py   (about 20 s)
+With --learned it prints instead (F5) with a denoiser trained on the 1D mixture (train.DENOISER_2D)
+beside the oracle's eps and DDPM with CFG of each.
+
+Run: python docs/measure_tilted.py [--learned]   (about 20 s; --learned about 3 min)
 """
+import sys
+
 import numpy as np
 
 import toy_data
 from refdiff import runtime, tilted, theory_mixture
+from refdiff.guidance import classifier_free_guidance
 from refdiff.metrics import two_sample_test
+from refdiff.samplers import ddpm
 from refdiff.schedule import Schedule
+from refdiff.train import DENOISER_2D, train_denoiser
 
 WS, RUNS, N, STEPS = (0.0, 1.0, 3.0, 7.0), 4, 2000, 100
 SCHED = Schedule.linear(1000)
@@ -65,6 +73,38 @@ def fk_table(rows):
     return "\n".join(lines)
 
 
+def learned_rows(seed=0, budget=None, n=2000, steps=400, n_base=8000):
+    """(F5) with the oracle's eps and with a denoiser trained on 20,000 points of the 1D mixture
+    (train.DENOISER_2D unless ``budget``), beside DDPM with CFG of the same model, per w in FK_WS."""
+    mix, rng = theory_mixture.two_class_mixture(), np.random.default_rng(seed)
+    x0, y0 = mix.sample(20_000, rng)
+    learned = train_denoiser(x0, y0, SCHED, rng, num_labels=2, verbose=False, **(budget or DENOISER_2D))
+    rows = []
+    for w in FK_WS:
+        for name, model in (("oracle", mix.eps_model(SCHED)), ("learned", learned)):
+            stats = []
+            for r in range(RUNS):
+                g = np.random.default_rng(seed + r)
+                x = tilted.resampled(tilted.fk_cfg(model, SCHED, 1, w, g.standard_normal((n, 1)), g, steps=steps), g)
+                stats.append((x.mean(), x.var()))
+            g = np.random.default_rng(seed + RUNS)
+            base = ddpm(classifier_free_guidance(model, 1, w), SCHED, g.standard_normal((n_base, 1)), g, steps=steps)
+            rows.append({"w": w, "model": name, "fk": np.mean(stats, 0), "se": np.std(stats, 0, ddof=1) / np.sqrt(RUNS),
+                         "ddpm": (base.mean(), base.var()), "exact": theory_mixture.tilted_moments(mix, 1, w)})
+    return rows
+
+
+def learned_table(rows, steps=400):
+    """The rows of ``learned_rows`` as a Markdown table."""
+    lines = [f"| `w` | eps | (F5), {steps} steps: mean, var | DDPM with CFG: mean, var | exact: mean, var |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        (m, v), (sm, sv), (bm, bv), e = r["fk"], r["se"], r["ddpm"], r["exact"]
+        lines.append(f"| {r['w']:g} | {r['model']} | {m:.3f} ± {sm:.3f}, {v:.3f} ± {sv:.3f} | {bm:.3f}, {bv:.3f} | "
+                     f"{e['mean']:.3f}, {e['var']:.3f} |")
+    return "\n".join(lines)
+
+
 def _below_zero(mix, w):
     """P(x < 0) under the tilted density, by quadrature of (T7) on a fine grid."""
     grid = np.linspace(-12.0, 16.0, 280001)[:, None]
@@ -104,6 +144,9 @@ def two_d(seed=0, n=1500, w=3.0):
 
 def main():
     runtime.set_threads(1)
+    if "--learned" in sys.argv[1:]:
+        print(learned_table(learned_rows()))
+        return
     print(table(one_d_rows()))
     print("\n" + fk_table(fk_rows()))
     test, ess = two_d()
