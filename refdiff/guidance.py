@@ -306,10 +306,11 @@ def apg_guidance(eps_model, sched, y, w, eta=0.0, norm_threshold=None, momentum=
 
     Both predictions (one batched call) are converted to ``prediction`` (process.PREDICTIONS; the
     paper's x0, eq. (C1)), combined by (G16) with the difference d replaced by its running average
-    d_avg = d + momentum * d_avg_prev (the paper's reverse momentum uses momentum < 0, e.g. -0.5;
-    0 is ``apg_rule``), and converted back to eps. The average lives for one sampling call
-    (``_PerCall``): it restarts when the eps_fn is called at a later time than the last call's or
-    with another batch shape, and is updated at every call (like diffusers' ``MomentumBuffer``).
+    d_avg = d + momentum * d_avg_prev (the paper's reverse momentum uses momentum < 0; 0 is
+    ``apg_rule``), and converted back to eps. The average lives for one sampling call
+    (``_PerCall``): it restarts when the eps_fn is called at a later time than the last call's, with
+    another batch shape, or at the (t, x) the current call started from, and is updated at every
+    call (like diffusers' ``MomentumBuffer``).
     """
     settings = _apg_settings(w, eta, norm_threshold, form)
     momentum = as_real(momentum, "momentum")
