@@ -199,3 +199,16 @@ def _asarray(value, name, expected):
         return np.asarray(value)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{name} must be {expected}, got something numpy cannot convert ({err})") from None
+
+
+def as_observation(A, y_obs, dim=None):
+    """A linear observation y_obs = A x (+ noise): A as a finite float (M, D) array (D = dim if given)
+    and y_obs as a finite (M,) one, each named when it is not (docs/inverse.md)."""
+    shape = f"(M, {'D' if dim is None else dim})"
+    if not is_real(A) or np.ndim(A) != 2 or (dim is not None and np.shape(A)[1] != dim) or not np.all(np.isfinite(A)):
+        raise ValueError(f"A must be a finite array of shape {shape}, got {np.shape(A)}")
+    A = np.asarray(A, dtype=np.float64)
+    if not is_real(y_obs) or np.shape(y_obs) != (A.shape[0],) or not np.all(np.isfinite(y_obs)):
+        raise ValueError(f"y_obs must be a finite array of shape ({A.shape[0]},) (one value per row of A), "
+                         f"got {np.shape(y_obs)}")
+    return A, np.asarray(y_obs, dtype=np.float64)

@@ -10,7 +10,7 @@ the predicted clean point, DPS (I4) and reconstruction guidance (I5).
 import autograd.numpy as anp
 import numpy as np
 
-from .arrays import alpha_bar_of, as_real
+from .arrays import alpha_bar_of, as_observation, as_real
 from .guidance import log_likelihood_guidance, x0_log_likelihood_guidance
 
 
@@ -38,7 +38,7 @@ def dps_guidance(eps_model, sched, A, y_obs, zeta, t_max=None):
     ``t_max``: guide only at t <= t_max (``guidance.x0_log_likelihood_guidance``), which a learned
     denoiser needs.
     """
-    A, y_obs = _linear(A, y_obs)
+    A, y_obs = as_observation(A, y_obs)
     zeta = as_real(zeta, "zeta", low=0)
     return x0_log_likelihood_guidance(
         eps_model, lambda x0, t: -zeta * anp.sum((y_obs - x0 @ A.T) ** 2, axis=1), sched, 1.0, t_max)
@@ -53,7 +53,7 @@ def reconstruction_guidance(eps_model, sched, A, y_obs, noise_std, scale=1.0, t_
     where this puts the covariance. As t -> 0 it becomes the exact likelihood of x_0. ``t_max`` as
     in ``dps_guidance``.
     """
-    A, y_obs = _linear(A, y_obs)
+    A, y_obs = as_observation(A, y_obs)
     s = as_real(noise_std, "noise_std", above=0)
 
     def log_likelihood(x0, t):
@@ -63,14 +63,3 @@ def reconstruction_guidance(eps_model, sched, A, y_obs, noise_std, scale=1.0, t_
         precision = np.linalg.inv(cov)
         return -0.5 * anp.einsum("nm,nmk,nk->n", residual, precision, residual)
     return x0_log_likelihood_guidance(eps_model, log_likelihood, sched, scale, t_max)
-
-
-def _linear(A, y_obs):
-    """A as a finite (M, D) float array and y_obs as a finite (M,) one, each named when it is not."""
-    A = np.asarray(A, dtype=np.float64) if np.ndim(A) == 2 else None
-    if A is None or not np.all(np.isfinite(A)):
-        raise ValueError(f"A must be a finite array of shape (M, D), got {np.shape(A)}")
-    y_obs = np.asarray(y_obs, dtype=np.float64)
-    if y_obs.shape != (A.shape[0],) or not np.all(np.isfinite(y_obs)):
-        raise ValueError(f"y_obs must be a finite array of shape ({A.shape[0]},), got {y_obs.shape}")
-    return A, y_obs

@@ -15,8 +15,8 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
-from .arrays import (alpha_bar_of, as_count, as_int_batch, as_points, as_real, as_times, check_rng, is_real, log_sum_exp,
-                     row_max)
+from .arrays import (alpha_bar_of, as_count, as_int_batch, as_observation, as_points, as_real, as_times, check_rng,
+                     is_real, log_sum_exp, row_max)
 from .labels import NULL_LABEL, as_labels
 from .process import eps_to_prediction, q_sample, target_of
 
@@ -237,14 +237,8 @@ class GaussianMixture:
         return np.log(self.weights) - 0.5 * (quad + logdet + residual.shape[1] * LOG_2PI)
 
     def _observation(self, A, y_obs, noise_std):
-        """A as (M, D) with D this mixture's dimension, y_obs as (M,), noise_std > 0, each checked by name."""
-        if not is_real(A) or np.ndim(A) != 2 or np.shape(A)[1] != self.dim or not np.all(np.isfinite(A)):
-            raise ValueError(f"A must be a finite array of shape (M, {self.dim}), got {np.shape(A)}")
-        A = np.asarray(A, dtype=np.float64)
-        if not is_real(y_obs) or np.shape(y_obs) != (A.shape[0],) or not np.all(np.isfinite(y_obs)):
-            raise ValueError(f"y_obs must be a finite array of shape ({A.shape[0]},) (one value per row of A), "
-                             f"got {np.shape(y_obs)}")
-        return A, np.asarray(y_obs, dtype=np.float64), as_real(noise_std, "noise_std", above=0)
+        """(A, y_obs) checked by ``arrays.as_observation`` for this mixture's dimension, and noise_std > 0."""
+        return (*as_observation(A, y_obs, self.dim), as_real(noise_std, "noise_std", above=0))
 
     def sample(self, n, rng, y=None):
         """Draw n points: a component k by its weight (within label y if given), then N(mu_k, Sigma_k).
