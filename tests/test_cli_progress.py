@@ -4,7 +4,8 @@ which ``-q`` silences; stdout keeps only the results.
 stderr is replaced by a stream that says it is a terminal, and Progress.TTY_SECONDS is set to 0
 so that every step is written whatever the machine's speed: the last rewrite of the line is then
 the final state, which the tests read. The replacement is made in the test's body: pytest's capsys
-takes over sys.stderr when the test starts, after its fixtures have run.
+takes over sys.stderr when the test starts, after its fixtures have run. The demo's figures,
+which print no progress, are not drawn here (tests/test_cli.py and tests/test_figures.py draw them).
 """
 import io
 import re
@@ -12,7 +13,7 @@ import sys
 
 import pytest
 
-from refdiff import bench, train
+from refdiff import bench, demo, train
 from refdiff.cli import main
 
 
@@ -62,6 +63,7 @@ def test_a_long_command_prints_one_progress_line_per_stage_and_q_silences_it(nam
                                                                              monkeypatch):
     argv = [a.format(tmp=tmp_path, model=model_dir) for a in RUNS[name][0]]
     terminal = as_terminal(monkeypatch)
+    monkeypatch.setattr(demo, "_figures", lambda *args: None)  # 6 of the demo's 7 s; no progress line
     assert main(argv) == 0
     states = final_states(terminal.getvalue())
     assert len(states) == len(RUNS[name][1]), (states, terminal.getvalue())
