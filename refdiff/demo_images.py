@@ -75,7 +75,7 @@ def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say
     with Progress("guidance sweep", len(METHODS) * len(ws) * STEPS, verbose, verb="sample") as progress:
         metrics["rows"], samples = _sweep(models, sched, y, ws, rng, progress)
     say(f"steering the unconditional model with {len(CAPTIONS)} captions, both CLIP rules")
-    with Progress("captions", len(CAPTIONS) * len(RULE_NAMES) * (1 + len(ws)) * STEPS, verbose,
+    with Progress("captions", (1 + len(CAPTIONS) * len(RULE_NAMES) * len(ws)) * STEPS, verbose,
                   verb="sample") as progress:
         metrics["captions"], caption_samples = _captions(models, sched, ws, n_caption, rng, progress)
     metrics["noisy_class_accuracy"] = _noisy_accuracy(models, sched, *held_out[:2], rng)
@@ -180,18 +180,24 @@ def _sweep(models, sched, y, ws, rng, progress):
 def _captions(models, sched, ws, n, rng, progress):
     """Both CLIP rules on the unconditional branch for each caption and scale s = 1 + w (and s = 0):
     how often the samples match each of the caption's attributes (captions.caption_match);
-    ``progress`` is told of every sampling step."""
+    ``progress`` is told of every sampling step.
+
+    Every cell starts from the same x_T and noise seed, so s = 0, where both rules are the
+    unconditional eps (G13, G14), is one unguided run, shared by every caption and rule.
+    """
     den = models["denoiser"]
     x_T, seed = rng.standard_normal((n, images.SIZE ** 2)), int(rng.integers(2 ** 31))
     rules = {"noise_aware": lambda caption, s: clip_guidance(den, models["clip_noise_aware"].score_fn(caption),
                                                              sched, s),
              "x0": lambda caption, s: clip_x0_guidance(den, models["clip_clean"].score_fn(caption), sched, s)}
-    rows, samples = [], {}
+
+    def sample(eps_fn):
+        return ddpm(eps_fn, sched, x_T, np.random.default_rng(seed), steps=STEPS, callback=lambda *_: progress.update())
+    unguided, rows, samples = sample(lambda x, t: den(x, t)), [], {}
     for caption in CAPTIONS:
         for rule, make in rules.items():
             for s in (0.0,) + tuple(1.0 + w for w in ws):
-                x = ddpm(make(caption, s), sched, x_T, np.random.default_rng(seed), steps=STEPS,
-                         callback=lambda *_: progress.update())
+                x = unguided if s == 0 else sample(make(caption, s))
                 samples[caption, rule, s] = x
                 rows.append({"caption": caption, "rule": rule, "scale": s, **captions.caption_match(x, caption)})
     return rows, samples
