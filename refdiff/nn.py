@@ -319,14 +319,88 @@ def resnet(params, x, cond, depth):
 
     h = x W_in + b_in;  c_i = the i-th H-wide slice of cond W_cond + b_cond;
     per block: h <- h + SiLU(SiLU(h + c_i) W_ia + b_ia) W_ib + b_ib;  out = SiLU(h) W_out + b_out.
+
+    Like ``mlp``, one autograd primitive, ``resnet_output``: the forward pass runs on plain arrays
+    (``resnet_trace``) and ``resnet_backward`` is its derivative, so a training step records no
+    per-layer operation (docs/learned.md, "Speed").
     """
-    h = dense(x, params["W_in"], params["b_in"])
-    # anp.split, not slicing: autograd's gradient of a slice scatters with np.add.at, which took
-    # 40% of a training step; the gradient of split is one concatenate.
-    blocks = anp.split(dense(cond, params["W_cond"], params["b_cond"]), depth, axis=1)
-    for i in range(depth):  # a block's two layers are the MLP (L2) with one hidden layer
-        h = h + mlp_apply(silu(h + blocks[i]), [params[f"{kind}{i}{half}"] for half in "ab" for kind in "Wb"])
-    return dense(silu(h), params["W_out"], params["b_out"])
+    weights = [params[name] for name in resnet_names(depth)]
+    return resnet_output(x, cond, *weights, trace=resnet_trace(getval(x), getval(cond), [getval(w) for w in weights]))
+
+
+def resnet_names(depth):
+    """The parameters of (L2r) in the order ``resnet_output`` takes them: W_in, b_in, W_cond, b_cond,
+    then W{i}a, b{i}a, W{i}b, b{i}b for each block i < depth, then W_out, b_out."""
+    blocks = [f"{kind}{i}{half}" for i in range(depth) for half in "ab" for kind in "Wb"]
+    return ["W_in", "b_in", "W_cond", "b_cond"] + blocks + ["W_out", "b_out"]
+
+
+def resnet_trace(x, cond, weights):
+    """The forward pass of (L2r) on plain arrays, weights in the order of ``resnet_names``.
+
+    Returns (out, kept): kept["blocks"][i] = (s_i, a_i, block_i) with s_i = sigmoid(h_i + c_i),
+    a_i = SiLU(h_i + c_i) and block_i the ``mlp_trace`` of the block's two layers on a_i;
+    kept["top"] = (sigmoid(h), SiLU(h)) of the last h.
+    """
+    depth = (len(weights) - 6) // 4
+    h = x @ weights[0] + weights[1]
+    c = np.split(cond @ weights[2] + weights[3], depth, axis=1)
+    blocks = []
+    for i in range(depth):
+        u = h + c[i]
+        s = sigmoid(u)
+        a = u * s
+        block = mlp_trace(a, weights[4 + 4 * i:8 + 4 * i])
+        blocks.append((s, a, block))
+        h = h + block[0][-1]
+    s = sigmoid(h)
+    top = h * s
+    return top @ weights[-2] + weights[-1], {"blocks": blocks, "top": (s, top)}
+
+
+@primitive
+def resnet_output(x, cond, *weights, trace):
+    """The output of (L2r) on (x, cond) with ``weights``, whose forward pass ``trace``
+    (``resnet_trace``) has already run: the primitive autograd differentiates by ``resnet_backward``."""
+    return trace[0]
+
+
+def resnet_backward(g, trace, args, argnums):
+    """The gradients of sum(g * out) for out = resnet_output(*args), args = (x, cond, *weights) with
+    the weights in the order of ``resnet_names``, with respect to the arguments numbered ``argnums``.
+
+    The chain rule through (L2r) from the output down: dW_out = SiLU(h)^T g, g <- g W_out^T SiLU'(h);
+    through block i (the last first) ``mlp_backward`` of its two layers gives the gradient at a_i,
+    which times SiLU'(h_i + c_i) is g_i, the gradient at c_i, and h_i's gradient is g + g_i (the
+    residual path and the block's); then x's layer, and cond's from [g_1, ..., g_depth]. Only
+    what ``argnums`` needs is computed. First derivatives only.
+    """
+    if isbox(g) or any(isbox(a) for a in args):  # an outer autograd trace wants derivatives of this VJP
+        raise NotImplementedError("resnet_output has no second derivatives (its VJP is plain NumPy)")
+    x, cond, weights = args[0], args[1], args[2:]
+    blocks, (s, top) = trace[1]["blocks"], trace[1]["top"]
+    out = len(args) - 2  # W_out's argument number; W_in is 2, W_cond 4, block i's W{i}a 6 + 4 i
+    grads = {out: top.T @ g, out + 1: g.sum(axis=0)} if out in argnums or out + 1 in argnums else {}
+    per_block = []
+    if min(argnums) < out:
+        g = g @ weights[-2].T
+        g *= silu_derivative(s, top)
+        for i in reversed(range(len(blocks))):
+            s, a, block = blocks[i]
+            wanted = [0] + [j for j in range(1, 5) if 5 + 4 * i + j in argnums]
+            inner = mlp_backward(g, block, (a, *weights[4 + 4 * i:8 + 4 * i]), wanted)
+            grads.update({5 + 4 * i + j: d for j, d in zip(wanted[1:], inner[1:])})
+            per_block.insert(0, inner[0] * silu_derivative(s, a))
+            g = g + per_block[0]
+        g_cond = np.concatenate(per_block, axis=1)
+        layers = {0: lambda: g @ weights[0].T, 2: lambda: x.T @ g, 3: lambda: g.sum(axis=0),
+                  1: lambda: g_cond @ weights[2].T, 4: lambda: cond.T @ g_cond, 5: lambda: g_cond.sum(axis=0)}
+        grads.update({i: layers[i]() for i in argnums if i in layers})
+    return tuple(grads[i] for i in argnums)
+
+
+defvjp_argnums(resnet_output, lambda argnums, ans, args, kwargs:
+               lambda g: resnet_backward(g, kwargs["trace"], args, argnums))
 
 
 ARCHS = {"mlp": mlp, "resnet": resnet}
