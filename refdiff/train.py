@@ -180,6 +180,7 @@ def fit(loss, params, make_batch, steps, lr, ema, clip, progress=None, on_step=N
     lr, clip = as_real(lr, "lr", above=0), as_real(clip, "clip", above=0)
     ema = as_real(ema, "ema", low=0, below=1)
     loss_and_grad = value_and_grad(loss)
+    params = {k: v.copy() for k, v in params.items()}  # updated in place (adam_update); the caller's stay
     m = {k: np.zeros_like(v) for k, v in params.items()}
     v2 = {k: np.zeros_like(v) for k, v in params.items()}
     avg = {k: v.copy() for k, v in params.items()}
@@ -189,8 +190,9 @@ def fit(loss, params, make_batch, steps, lr, ema, clip, progress=None, on_step=N
             value, grads = loss_and_grad(params, *make_batch())
             rate, decay = lr_at(k, steps, lr), ema_decay(k, ema)
             for name, g in clip_by_global_norm(grads, clip).items():
-                params[name], m[name], v2[name] = adam_update(params[name], g, m[name], v2[name], k, rate)
-                avg[name] = decay * avg[name] + (1 - decay) * params[name]  # (L7) the EMA of the weights
+                adam_update(params[name], g, m[name], v2[name], k, rate)
+                avg[name] *= decay  # (L7) the EMA of the weights, decay avg + (1 - decay) params, in place
+                avg[name] += (1 - decay) * params[name]
             losses[k - 1] = value
             if progress:
                 progress.update(k, f"loss {value:.4f}")
@@ -226,12 +228,24 @@ def adam_update(param, g, m, v, k, rate):
     """One Adam step at step k >= 1, Kingma & Ba (2015), Algorithm 1 (eq. (L7)): returns (param', m', v').
 
     m' = 0.9 m + 0.1 g, v' = 0.999 v + 0.001 g^2, and
-    param' = param - rate (m' / (1 - 0.9^k)) / (sqrt(v' / (1 - 0.999^k)) + 1e-8), in param's dtype.
+    param' = param - rate (m' / (1 - 0.9^k)) / (sqrt(v' / (1 - 0.999^k)) + 1e-8).
+    Computed in place: param, m and v are overwritten with param', m' and v', which keep their
+    dtypes, and returned (no temporaries beyond two per step: docs/learned.md, "Speed").
     """
-    m = 0.9 * m + 0.1 * g
-    v = 0.999 * v + 0.001 * g * g
-    step = rate * (m / (1 - 0.9 ** k)) / (np.sqrt(v / (1 - 0.999 ** k)) + 1e-8)
-    return param - step.astype(param.dtype), m, v
+    m *= 0.9
+    m += 0.1 * g
+    v *= 0.999
+    g2 = 0.001 * g
+    g2 *= g
+    v += g2
+    step = m / (1 - 0.9 ** k)
+    step *= rate
+    root = v / (1 - 0.999 ** k)
+    np.sqrt(root, out=root)
+    root += 1e-8
+    step /= root
+    param -= step
+    return param, m, v
 
 
 def ema_decay(k, ema):

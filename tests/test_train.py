@@ -560,9 +560,12 @@ def adam_cases(draw, n=5):
 @given(adam_cases())
 def test_adam_update_is_kingma_and_ba_algorithm_1(case):
     param, g, m, v, k, rate = case
-    got_p, got_m, got_v = adam_update(param, g, m, v, k, rate)
+    inputs = param.copy(), g.copy(), m.copy(), v.copy()
+    got_p, got_m, got_v = adam_update(*inputs, k, rate)
     want_p, want_m, want_v = adam_reference(param, g, m, v, k, rate)
-    assert got_p.dtype == param.dtype and got_p.shape == param.shape, (got_p.dtype, param.dtype)
+    # in place: the updated arrays are the ones passed in, in their dtypes; g is left alone
+    assert got_p is inputs[0] and got_m is inputs[2] and got_v is inputs[3] and np.array_equal(inputs[1], g)
+    assert got_p.dtype == param.dtype and got_m.dtype == m.dtype and got_v.dtype == v.dtype
     u = EPS32 if np.float32 in (param.dtype, g.dtype) else EPS64  # the working precision
     # m' sums two products of size M = |0.9 m| + |0.1 g| (3 roundings of M); v' has no cancellation
     # (4 roundings relative); the step rate m_hat / (sqrt(v_hat) + 1e-8) inherits m's error over
