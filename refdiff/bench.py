@@ -168,7 +168,10 @@ def _quality(mix, sched, den, clf, rng, n_eval, n_samples, p_uncond):
 
 def _sampling_speed(den, clf, sched, num_labels, rng, n=10_000, w=3.0):
     """Median time of one prediction at N = n: unguided, and each guidance method the two models can
-    run (refdiff.methods) at the common strength w, with its ratio to unguided."""
+    run (refdiff.methods) at the common strength w, with its ratio to unguided.
+
+    Each method is called once at t + 1 first, so that a rule with per-call state is timed at a
+    later step of a sampling call: CFG-Zero*'s first step calls no model at all (G17z)."""
     x, t = rng.standard_normal((n, den.config.dim)), sched.T // 2
     y = rng.integers(0, num_labels, n)
     models = {"denoiser": den, "classifier": clf}
@@ -176,6 +179,7 @@ def _sampling_speed(den, clf, sched, num_labels, rng, n=10_000, w=3.0):
     for name in methods.available(models):
         method = methods.get(name)
         eps_fn = method.eps_fn(models, sched, y, method.value_at(w))
+        eps_fn(x, t + 1)
         fns[name] = lambda eps_fn=eps_fn: eps_fn(x, t)
     ms = {name: 1e3 * s for name, s in median_times(fns, 15).items()}
     out = {f"sample_step_ms_{name}": value for name, value in ms.items()}

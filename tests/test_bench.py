@@ -50,3 +50,24 @@ def test_median_times_calls_every_function_once_a_round_after_a_warm_up():
     fns = {name: (lambda name=name: calls.append(name)) for name in "ab"}
     out = bench.median_times(fns, 3)
     assert calls == list("ab") * 4 and set(out) == {"a", "b"} and all(v >= 0 for v in out.values())
+
+
+def test_every_method_is_timed_at_a_step_that_calls_its_models(monkeypatch):
+    # CFG-Zero*'s first step of a sampling call is its zero-init (G17z), which calls no model: a
+    # bench that timed only first steps reported it 100 times faster than an unguided prediction.
+    # Each timed call must reach the denoiser; CFG-like rules call it on 2N rows, once per call.
+    from refdiff import nn
+
+    rng = np.random.default_rng(0)
+    config = nn.MLPConfig("denoiser", 2, 3, 8, 1, dtype="float32")
+    den = nn.Denoiser(nn.init_params(config, rng), config, SCHED)
+    clf_config = nn.MLPConfig("classifier", 2, 3, 8, 1, dtype="float32")
+    clf = nn.Classifier(nn.init_params(clf_config, rng), clf_config, SCHED)
+    rows, call = [], nn.Denoiser.__call__
+    monkeypatch.setattr(nn.Denoiser, "__call__", lambda self, x, *a, **k: rows.append(len(x)) or call(self, x, *a, **k))
+    monkeypatch.setattr(bench, "median_times", lambda fns, rounds: {name: (rows.clear(), fn(), sum(rows))[2] + 1.0
+                                                                    for name, fn in fns.items()})
+    out = bench._sampling_speed(den, clf, SCHED, 3, rng, n=20)  # "ms" = 1e3 (rows the denoiser saw + 1)
+    assert out["sample_step_ms_unguided"] == 1e3 * (20 + 1)
+    for name in ("cfg", "cfg_zero_star", "apg"):
+        assert out[f"sample_step_ms_{name}"] == 1e3 * (40 + 1), (name, out)  # one call on 2N rows
