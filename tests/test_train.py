@@ -579,6 +579,18 @@ def test_adam_update_is_kingma_and_ba_algorithm_1(case):
     assert_bounded(got_p, want_p, bound, f"param' at step {k}, rate {rate}")
 
 
+@given(adam_cases(n=1))
+def test_adam_update_of_a_0_d_parameter_is_that_of_a_1_element_one(case):
+    # A CLIP's logit scale is a 0-d array; its in-place update must work and agree with the same
+    # number held in a 1-element array, bit for bit.
+    param, g, m, v, k, rate = case
+    flat = adam_update(param.copy(), g.copy(), m.copy(), v.copy(), k, rate)
+    scalar = adam_update(param.reshape(()).copy(), g.reshape(()).copy(), m.reshape(()).copy(), v.reshape(()).copy(),
+                         k, rate)
+    for a, b in zip(scalar, flat):
+        assert a.shape == () and np.array_equal(a, b[0]), (a, b)
+
+
 @given(st.integers(1, 10**12), st.one_of(st.floats(0.0, 1.0, exclude_max=True), st.sampled_from([0.0, 0.9, 0.999])))
 def test_ema_decay_is_the_warm_up_capped_at_ema(k, ema):
     warm = (k + 1) / (k + 10)        # integers are exact up to 2^53; one correctly rounded division
