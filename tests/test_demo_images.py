@@ -23,7 +23,7 @@ TINY = {name: {**opts, "steps": 20} for name, opts in demo_images.BUDGETS.items(
 def demo(tmp_path_factory):
     """One run of ``refdiff demo --data images`` on TINY budgets (the command line's options for the
     denoiser's and the classifier's steps, the rest by patching): two strengths, two samples per
-    class, three per caption. Returns the folder, what demo_images.run returned, stdout and the
+    class, three per caption, DDPM-10 instead of DDPM-100. Returns the folder, what demo_images.run returned, stdout and the
     arguments the command passed to run."""
     out, calls, returned, stdout = tmp_path_factory.mktemp("images_demo"), [], [], io.StringIO()
     run = demo_images.run
@@ -35,6 +35,7 @@ def demo(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
         patch.setattr(demo_images, "BUDGETS", TINY)
+        patch.setattr(demo_images, "STEPS", 10)
         patch.setattr(demo_images, "run", small_run)
         assert main(["demo", "--data", "images", "--out", str(out), "--n-per-label", "2", "--denoiser-steps", "20",
                      "--classifier-steps", "20", "-q"]) == 0
