@@ -29,7 +29,7 @@ def as_points(x, name="x", dim=None):
         raise ValueError(f"{name} must have D = {dim} columns, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite, got NaN or inf")
     return arr
 

@@ -28,6 +28,9 @@ def as_labels(y, n, num_labels, allow_null=True, name="y"):
     """
     if y is None:
         return None
+    if isinstance(y, (int, np.integer)) and not isinstance(y, bool) and (
+            0 <= y < num_labels or (allow_null and y == NULL_LABEL)):
+        return np.full(n, int(y), dtype=np.int64)  # one valid label for every row, checked once
     null_note = f" or NULL_LABEL ({NULL_LABEL})" if allow_null else ""
     arr = as_int_batch(y, n, name, f"integer labels in 0..{num_labels - 1}{null_note}")
     ok = (arr >= 0) & (arr < num_labels)

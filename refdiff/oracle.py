@@ -83,12 +83,14 @@ class GaussianMixture:
         if not is_real(alpha_bar):
             raise ValueError(f"alpha_bar must be a number or an array of shape ({n},) in [0, 1], got {alpha_bar!r}")
         a = np.asarray(alpha_bar, dtype=np.float64)
-        if a.ndim == 0:
-            a = np.full(n, float(a))
-        if a.shape != (n,) or not np.all(np.isfinite(a)) or not np.all((a >= 0) & (a <= 1)):
+        if a.shape not in ((), (n,)) or not ((a >= 0) & (a <= 1)).all():  # NaN fails both comparisons
             raise ValueError(f"alpha_bar must be a number or an array of shape ({n},) in [0, 1], got {alpha_bar}")
-        shared = n > 0 and bool(np.all(a == a[0]))
-        return x, a[0] if shared else a[:, None, None], as_labels(y, n, self.num_labels)
+        y = as_labels(y, n, self.num_labels)
+        if a.ndim == 0 and n > 0:  # a sampler's step: checked once, not once per row
+            return x, np.float64(a), y
+        a = np.broadcast_to(a, (n,))
+        shared = n > 0 and bool((a == a[0]).all())
+        return x, a[0] if shared else a[:, None, None], y
 
     def _mask(self, y, n):
         """Log-prior of each component given each row's label, shape (N, K): log pi_k or -inf."""

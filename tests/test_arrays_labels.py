@@ -130,6 +130,10 @@ def test_as_labels_accepts_0_to_K_minus_1_and_the_null_label(n, K, data):
     assert as_labels(None, n, K) is None
     y = data.draw(st.integers(0, K - 1))
     np.testing.assert_array_equal(as_labels(y, n, K, allow_null=False), np.full(n, y))
+    # one label for every row (the shortcut that checks it once) is the array of it, as int64
+    for one in (y, np.int32(y), np.uint8(y) if y < 256 else y, NULL_LABEL):
+        got = as_labels(one, n, K)
+        assert got.dtype == np.int64 and np.array_equal(got, as_labels(np.full(n, int(one)), n, K))
     rows = data.draw(st.lists(st.integers(-1, K - 1), min_size=n, max_size=n))
     got = as_labels(np.array(rows), n, K)
     assert got.dtype == np.int64
