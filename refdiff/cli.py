@@ -235,7 +235,7 @@ def run_demo(args):
 
     Train a denoiser (with label dropout) and a noisy classifier on 2D data, sample every
     guidance method they can run (classifier guidance and CFG) over a sweep of strengths, and
-    write figures, metrics.json and samples.npz to --out: 10-25 s on 2 cores with another
+    write figures, metrics.json and samples.npz to --out: 10-30 s on 2 cores with another
     process busy on one (the README says on which machines). With --data images: on the tiny
     images, pixel CFG, classifier guidance, CLIP guidance and latent CFG side by side, and
     captions steering the unconditional model (guidance_grid.png, captions.png, metrics.json,
