@@ -139,12 +139,8 @@ class Schedule:
         out = np.empty(t.shape)
         whole = t == k
         out[whole] = self.alpha_bar[k[whole]]  # exact at the integers, no interpolation round-off
-        out[~whole] = self._between(k[~whole], t[~whole])
+        out[~whole] = _on_segment(self._segments(k[~whole]), t[~whole])
         return out
-
-    def _between(self, k, t):
-        """alpha_bar(t) for k < t < k + 1 (eq. (S6)), k an int array of t's shape; unchecked."""
-        return _on_segment(self._segments(k), t)
 
     def _segments(self, k):
         """What eq. (S6) needs on the intervals [k, k + 1], k an int array: (k, alpha_bar_k,
@@ -162,9 +158,9 @@ class Schedule:
         sigma(t) is increasing (strictly while alpha_bar > 0). The integers k - 1 < t <= k come from
         the table of sigma_k. Then halving a bracket until its two ends are neighbouring floats pins
         t down to float64 resolution, each halving evaluating sigma exactly as ``sigma_at`` does.
-        The bracket is [k - 1, k], or a much narrower one around a Newton solution of the cubic
-        (``_newton_start``) once sigma at its ends confirms that it brackets: so about 15 halvings
-        instead of about 50 (``_newton_start`` is within 1e-11 for t >= 1 on the named schedules). sigma must be finite, >= 0 and <= sigma_at(T).
+        The bracket is [k - 1, k], or t0 +- 1e-11 around a Newton solution t0 of the cubic
+        (``_newton_start``, within 1e-11 for t >= 1 on the named schedules) wherever sigma at its
+        ends confirms that it holds the answer: ~15 halvings, not ~50. sigma: finite, in [0, sigma_at(T)].
         """
         if not is_real(sigma):
             raise ValueError(f"sigma must be a real number or array, finite and >= 0, got {sigma!r}")
@@ -180,8 +176,8 @@ class Schedule:
         k = k[inside] - 1
         target, segments = sigma.reshape(-1)[inside], self._segments(k)  # gathered once for every halving
 
-        def below(t):
-            return _noise_to_signal(_on_segment(segments, t)) < target
+        def below(times):
+            return _noise_to_signal(_on_segment(segments, times)) < target
 
         lo_in, hi_in = k.astype(np.float64), t[inside]
         guess = lo_in + _newton_start(segments, target)
