@@ -239,7 +239,7 @@ def run_demo(args):
     process busy on one (the README says on which machines). With --data images: on the tiny
     images, pixel CFG, classifier guidance, CLIP guidance and latent CFG side by side, and
     captions steering the unconditional model (guidance_grid.png, captions.png, metrics.json,
-    samples.npz; 1.5-3 minutes); there --denoiser-steps and --classifier-steps override the
+    samples.npz; about 85 s with one core busy); there --denoiser-steps and --classifier-steps override the
     pixel models' budgets.
     """
     if args.data == IMAGES:
