@@ -5,11 +5,14 @@ The suite runs with the ``refdiff`` command's settings (refdiff/runtime.py): one
 arrays. Hypothesis profiles: ``ci`` is derandomized (a fixed seed) so a CI run is reproducible,
 and draws 50 examples per property so that the suite stays within its ten minutes on two cores;
 ``dev`` draws 100 fresh examples each run. ``.ci/run`` and the README select ``ci`` with
-``--hypothesis-profile=ci``.
+``--hypothesis-profile=ci``, and run the test files in two processes, one per core, with
+``--jobs 2`` (tests/workers.py, whose hooks are loaded here).
 """
 from hypothesis import HealthCheck, settings
 
 from refdiff import runtime
+from workers import (pytest_addoption, pytest_configure, pytest_runtestloop,  # noqa: F401 (the --jobs hooks)
+                     pytest_sessionstart, pytest_unconfigure)
 
 runtime.set_threads(runtime.threads_from())
 runtime.tune_malloc()
