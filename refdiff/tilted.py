@@ -19,6 +19,7 @@ from .process import p_mean
 from .samplers import sampling_grid
 
 SMCResult = namedtuple("SMCResult", "x log_weights ess")  # particles (N, D), log weights (N,), ESS / N per step
+MalaResult = namedtuple("MalaResult", "x log_pi")  # particles (N, D) after a move, log pi_t at them (N,)
 LOG_2PI = np.log(2 * np.pi)
 
 
@@ -47,6 +48,9 @@ def smc(eps_fn, log_target, sched, x_T, rng, steps=None, threshold=0.5, mala_ste
     invariant (``mala``, step size ``mala_size`` (1 - alpha_bar)): they keep the weights valid
     and move the particles toward pi_t_prev where the proposal left them short.
 
+    Each particle's log pi is evaluated once where it lands and carried along (through
+    resampling and the MALA moves), not evaluated again at the next step.
+
     Returns SMCResult(x, log_weights, ess): the final particles with their log weights, and the
     ESS / N after each step, before any resampling.
     """
@@ -55,36 +59,45 @@ def smc(eps_fn, log_target, sched, x_T, rng, steps=None, threshold=0.5, mala_ste
     mala_steps = as_count(mala_steps, "mala_steps")
     ts = sampling_grid(sched, np.arange(sched.T, 0, -1) if steps is None else steps, discrete=True)
     sub = sched.respace(ts)
-    log_w = log_target(x, ts[0]) - _log_normal(x, 0.0, 1.0)
+    log_pi = log_target(x, ts[0])
+    log_w = log_pi - _log_normal(x, 0.0, 1.0)
     ess = []
     for j, t, t_prev in zip(range(sub.T, 0, -1), ts, np.append(ts[1:], 0)):
         mean = p_mean(sub, x, np.full(len(x), j), np.asarray(eps_fn(x, np.full(len(x), t))))
         var = sub.betas[j]
         x_new = mean + np.sqrt(var) * rng.standard_normal(x.shape)
         back = (np.sqrt(1 - sub.betas[j]) * x_new, sub.betas[j])  # q(x_t | x_{t_prev}), (S5)
-        log_w = log_w + log_target(x_new, t_prev) + _log_normal(x, *back) - log_target(x, t) - _log_normal(x_new, mean, var)
-        x = x_new
+        log_pi_new = log_target(x_new, t_prev)
+        log_w = log_w + log_pi_new + _log_normal(x, *back) - log_pi - _log_normal(x_new, mean, var)
+        x, log_pi = x_new, log_pi_new
         ess.append(effective_sample_size(log_w) / len(x))
         if ess[-1] < threshold:
-            x, log_w = x[systematic_resample(log_w, rng)], np.zeros(len(x))
+            keep = systematic_resample(log_w, rng)
+            x, log_pi, log_w = x[keep], log_pi[keep], np.zeros(len(x))
         for _ in range(mala_steps if t_prev > 0 else 0):
-            x = mala(eps_fn, log_target, sched, x, t_prev, mala_size, rng)
+            x, log_pi = mala(eps_fn, log_target, sched, x, t_prev, mala_size, rng, log_pi)
     return SMCResult(x, log_w, np.array(ess))
 
 
-def mala(eps_fn, log_target, sched, x, t, size, rng):
+def mala(eps_fn, log_target, sched, x, t, size, rng, log_pi=None):
     """One Metropolis-adjusted Langevin step on pi_t, eq. (F4): the proposal x' = x + (h / 2) s(x) + sqrt(h) z
     with the score s = -eps_fn / sqrt(1 - a) (C3; CFG's eps is exactly the score of pi_t) and
     h = size (1 - a), accepted with probability min(1, pi_t(x') q(x | x') / (pi_t(x) q(x' | x)))
-    (Roberts & Tweedie 1996), so pi_t is left invariant whatever the step size."""
+    (Roberts & Tweedie 1996), so pi_t is left invariant whatever the step size.
+
+    ``log_pi``: log_target(x, t) when the caller has it (``smc`` does), else evaluated here.
+    Returns MalaResult(x, log_pi): the particles after the step and log pi_t at them.
+    """
     a = float(alpha_bar_of(sched, np.array([t]))[0])
     h = size * (1 - a)
     drift = lambda z: z - h / 2 * np.asarray(eps_fn(z, np.full(len(z), t))) / np.sqrt(1 - a)
+    log_pi = log_target(x, t) if log_pi is None else log_pi
     proposal = drift(x) + np.sqrt(h) * rng.standard_normal(x.shape)
-    log_ratio = (log_target(proposal, t) + _log_normal(x, drift(proposal), h)
-                 - log_target(x, t) - _log_normal(proposal, drift(x), h))
+    log_pi_proposal = log_target(proposal, t)
+    log_ratio = (log_pi_proposal + _log_normal(x, drift(proposal), h)
+                 - log_pi - _log_normal(proposal, drift(x), h))
     accept = np.log(rng.uniform(size=len(x))) < log_ratio
-    return np.where(accept[:, None], proposal, x)
+    return MalaResult(np.where(accept[:, None], proposal, x), np.where(accept, log_pi_proposal, log_pi))
 
 
 def fk_cfg(eps_model, sched, y, w, x_T, rng, steps=None, threshold=0.5):

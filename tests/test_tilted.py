@@ -54,8 +54,25 @@ def test_F4_a_langevin_move_leaves_pi_t_invariant():
     log_target = lambda z, t: gm.log_prob_noised(z, SCHED.alpha_bar[t])
     eps_fn = lambda z, tt: gm.eps_model(SCHED)(z, tt)
     for _ in range(10):
-        x = tilted.mala(eps_fn, log_target, SCHED, x, t, 4.0, rng)
+        x = tilted.mala(eps_fn, log_target, SCHED, x, t, 4.0, rng).x
     assert abs(x.mean() - mean) < 5 * np.sqrt(var / n) and abs(x.var() - var) < 5 * var * np.sqrt(2 / n)
+
+
+def test_mala_returns_log_pi_at_the_particles_it_returns():
+    # smc carries log pi from one step to the next instead of evaluating it again: what mala
+    # returns must be log_target at the returned particles, bit for bit (accepted moves and
+    # rejected ones alike), and passing log pi in must change nothing.
+    # Mutation caught: returning the log pi of the starting points.
+    mix, t, rng = theory_mixture.two_class_mixture(), 400, np.random.default_rng(3)
+    log_target = tilted.tilted_log_target(mix, SCHED, 1, 3.0)
+    eps_fn = classifier_free_guidance(mix.eps_model(SCHED), 1, 3.0)
+    x = rng.standard_normal((500, 1))
+    moved = tilted.mala(eps_fn, log_target, SCHED, x, t, 4.0, np.random.default_rng(4))
+    given = tilted.mala(eps_fn, log_target, SCHED, x, t, 4.0, np.random.default_rng(4), log_pi=log_target(x, t))
+    assert 0 < np.mean(np.any(moved.x != x, axis=1)) < 1  # some moves accepted, some rejected
+    np.testing.assert_array_equal(moved.log_pi, log_target(moved.x, t))
+    np.testing.assert_array_equal(given.x, moved.x)
+    np.testing.assert_array_equal(given.log_pi, moved.log_pi)
 
 
 def test_F1_the_targets_score_is_cfgs_guided_score():
