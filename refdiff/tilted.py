@@ -40,16 +40,14 @@ def smc(eps_fn, log_target, sched, x_T, rng, steps=None, threshold=0.5, mala_ste
     Proposal: DDPM's step (D1) with ``eps_fn`` on the chain respaced to ``steps`` (every timestep
     if None), of variance beta (Ho et al.'s larger choice, the exact reverse variance for data of
     unit variance; beta_tilde, exact only given x_0, is ten times too narrow near t = 0 for a
-    proposal and collapses the weights). Backward kernel: the forward noising q(x_t | x_{t_prev}). The incremental log weight is
-    log pi_{t_prev}(x') + log q(x | x') - log pi_t(x) - log M(x' | x), and the first one corrects
-    x_T ~ N(0, I) to pi_T. Whenever the effective sample size falls below ``threshold`` * N the
-    particles are resampled (systematic) and their weights reset. After every step but the last
-    the particles make ``mala_steps`` Metropolis-adjusted Langevin moves that leave pi_t_prev
-    invariant (``mala``, step size ``mala_size`` (1 - alpha_bar)): they keep the weights valid
-    and move the particles toward pi_t_prev where the proposal left them short.
-
-    Each particle's log pi is evaluated once where it lands and carried along (through
-    resampling and the MALA moves), not evaluated again at the next step.
+    proposal and collapses the weights). Backward kernel: the forward noising q(x_t | x_{t_prev}).
+    The incremental log weight is log pi_{t_prev}(x') + log q(x | x') - log pi_t(x) - log M(x' | x),
+    and the first one corrects x_T ~ N(0, I) to pi_T. Whenever the effective sample size falls
+    below ``threshold`` * N the particles are resampled (systematic) and their weights reset.
+    After every step but the last the particles make ``mala_steps`` Metropolis-adjusted Langevin
+    moves that leave pi_t_prev invariant (``mala``, step size ``mala_size`` (1 - alpha_bar)): they
+    keep the weights valid and move the particles toward pi_t_prev where the proposal left them
+    short. log pi is evaluated once where a particle lands and carried through resampling and moves.
 
     Returns SMCResult(x, log_weights, ess): the final particles with their log weights, and the
     ESS / N after each step, before any resampling.
@@ -58,10 +56,9 @@ def smc(eps_fn, log_target, sched, x_T, rng, steps=None, threshold=0.5, mala_ste
     threshold, mala_size = as_real(threshold, "threshold", low=0, high=1), as_real(mala_size, "mala_size", above=0)
     mala_steps = as_count(mala_steps, "mala_steps")
     ts = sampling_grid(sched, np.arange(sched.T, 0, -1) if steps is None else steps, discrete=True)
-    sub = sched.respace(ts)
+    sub, ess = sched.respace(ts), []
     log_pi = log_target(x, ts[0])
     log_w = log_pi - _log_normal(x, 0.0, 1.0)
-    ess = []
     for j, t, t_prev in zip(range(sub.T, 0, -1), ts, np.append(ts[1:], 0)):
         mean = p_mean(sub, x, np.full(len(x), j), np.asarray(eps_fn(x, np.full(len(x), t))))
         var = sub.betas[j]
