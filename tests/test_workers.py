@@ -59,29 +59,67 @@ def test_two_jobs_run_files_side_by_side_and_report_every_test(tmp_path):
     assert sorted(os.listdir(marks)) == ["a", "b"]
 
 
-def test_a_worker_that_dies_fails_the_run(tmp_path):
-    """The worker process (not the first) exits mid-file; the first one says so and fails."""
+@pytest.mark.parametrize("code,message", [(3, "a --jobs worker exited with code 3"),
+                                          (1, "2 test(s) ran in no process")])
+def test_a_worker_that_dies_fails_the_run(tmp_path, code, message):
+    """The worker process (not the first) exits mid-file; the first one says so and fails. With
+    exit code 1, which a worker also gives when a test fails, the tests it never ran tell."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    die = "\n    if any(arg.startswith('--worker-index') for arg in __import__('sys').argv):\n        os._exit(3)\n"
+    die = (f"\n    if any(arg.startswith('--worker-index') for arg in __import__('sys').argv):\n"
+           f"        os._exit({code})\n\n\ndef test_after():\n    pass\n")
     suite = _suite(tmp_path / "suite", {
         "test_a.py": MEETING.format(me="a", other="b", folder=str(marks)) + die,
         "test_b.py": MEETING.format(me="b", other="a", folder=str(marks)) + die})
     done = _pytest(suite, "--jobs", "2")
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout + done.stderr
-    assert "a --jobs worker exited with code 3" in done.stdout
+    assert message in done.stdout
+
+
+def test_skips_and_xfails_of_either_process_are_reported(tmp_path):
+    """Each process runs a skip and an xfail (JSON makes a skip's reason a list; -rA reads it)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    more = ("\n\nimport pytest\n\n\ndef test_skipped():\n    pytest.skip('no reason')\n\n\n"
+            "@pytest.mark.xfail(strict=True)\ndef test_xfailed():\n    assert False\n")
+    suite = _suite(tmp_path / "suite", {
+        "test_a.py": MEETING.format(me="a", other="b", folder=str(marks)) + more,
+        "test_b.py": MEETING.format(me="b", other="a", folder=str(marks)) + more})
+    done = _pytest(suite, "--jobs", "2", "-v", "-rA")
+    assert done.returncode == pytest.ExitCode.OK, done.stdout + done.stderr
+    assert "2 passed, 2 skipped, 2 xfailed" in done.stdout and "INTERNALERROR" not in done.stdout
+
+
+def test_nothing_selected_is_pytests_exit_5(tmp_path):
+    done = _pytest(_suite(tmp_path, {"test_c.py": FAILING}), "--jobs", "2", "-k", "no_such_test")
+    assert done.returncode == pytest.ExitCode.NO_TESTS_COLLECTED, done.stdout + done.stderr
+
+
+def test_options_that_need_one_process_are_refused(tmp_path):
+    done = _pytest(_suite(tmp_path, {"test_c.py": FAILING}), "--jobs", "2", "--pdb")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR and "cannot be combined with --pdb" in done.stderr
 
 
 def test_one_job_is_plain_pytest(tmp_path):
-    done = _pytest(_suite(tmp_path, {"test_c.py": FAILING}), "--jobs", "1")
-    assert done.returncode == 1 and "1 failed, 1 passed" in done.stdout
+    plain = "def test_no_workers(request):\n    assert request.config.getoption('worker_folder') is None\n"
+    done = _pytest(_suite(tmp_path, {"test_c.py": FAILING, "test_plain.py": plain}), "--jobs", "1")
+    assert done.returncode == 1 and "1 failed, 2 passed" in done.stdout, done.stdout
 
 
-def test_a_worker_that_cannot_collect_fails_the_run(tmp_path):
+def test_an_error_at_collection_stops_the_run(tmp_path):
     """An error at collection in every process: the run stops there, as plain pytest does."""
     done = _pytest(_suite(tmp_path, {"test_c.py": FAILING, "test_broken.py": "def test_x(:\n"}), "--jobs", "2")
     assert done.returncode == pytest.ExitCode.INTERRUPTED, done.stdout
     assert "error(s) during collection" in done.stdout
+
+
+def test_a_worker_that_cannot_collect_fails_the_run(tmp_path):
+    """Only the worker fails to collect: the first process runs every test, and still fails."""
+    broken = "import sys\nassert not any(arg.startswith('--worker-index') for arg in sys.argv)\n"
+    done = _pytest(_suite(tmp_path, {"test_c.py": "def test_passes():\n    pass\n", "test_broken.py": broken}),
+                   "--jobs", "2")
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
+    assert "a --jobs worker exited with code 2" in done.stdout
 
 
 def test_jobs_must_be_positive(tmp_path):

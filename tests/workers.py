@@ -11,7 +11,9 @@ left with a long file at the end while the others have finished. The first proce
 other workers' reports as they arrive (pytest's own report serialisation, which pytest-xdist
 uses too), so the progress, the failures, the final count and the exit status cover every test.
 A worker that exits without finishing (a crash, an error at collection) fails the run, with its
-output printed.
+output printed, and so does a test that no process reported. Options that need one process or
+the cache (--lf, --ff, --nf, --sw, --cache-clear, --pdb, --trace) are refused with --jobs > 1,
+and the other workers' warnings are not shown (their failures and skips are).
 """
 import json
 import os
@@ -19,9 +21,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from urllib.parse import quote
 
 import pytest
 
+# The options a --jobs run refuses (by their pytest dest): they need one process, or the cache.
+SINGLE_PROCESS = {"--lf": "lf", "--ff": "failedfirst", "--nf": "newfirst", "--sw": "stepwise",
+                  "--sw-skip": "stepwise_skip", "--cache-clear": "cacheclear", "--pdb": "usepdb", "--trace": "trace"}
 # The test files that take longest (measured with --durations=0; a stale list only costs balance).
 SLOW_FIRST = ("test_guidance_learned.py", "test_readme.py", "test_guidance.py", "test_theory_mixture.py",
               "test_tilted.py", "test_latent.py", "test_oracle.py", "test_cli.py", "test_verify.py",
@@ -42,6 +49,9 @@ def pytest_sessionstart(session):
         raise pytest.UsageError(f"--jobs must be a positive integer, got {jobs}")
     if jobs == 1 or config.getoption("worker_folder") or config.option.collectonly:
         return
+    single = [flag for flag, option in SINGLE_PROCESS.items() if getattr(config.option, option, False)]
+    if single:
+        raise pytest.UsageError(f"--jobs {jobs} cannot be combined with {single[0]}: run it with --jobs 1")
     folder = tempfile.mkdtemp(prefix="refdiff-jobs-")
     config.option.worker_folder = folder
     config._workers = [_start_worker(config, folder, i) for i in range(1, jobs)]
@@ -53,7 +63,8 @@ def _start_worker(config, folder, i):
             f"--worker-folder={folder}", f"--worker-index={i}", f"--basetemp={os.path.join(folder, f'tmp-{i}')}"]
     log = os.path.join(folder, f"log-{i}.txt")
     with open(log, "w") as out:
-        process = subprocess.Popen(args, cwd=config.invocation_params.dir, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(args, cwd=config.invocation_params.dir, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT)
     return {"process": process, "log": log, "reports": os.path.join(folder, f"reports-{i}.jsonl"), "read": 0}
 
 
@@ -83,18 +94,32 @@ def pytest_runtestloop(session):
         return None
     if session.testsfailed and not session.config.option.continue_on_collection_errors:  # as pytest's own loop
         raise session.Interrupted(f"{session.testsfailed} error(s) during collection")
-    files = _files_in_claim_order(session.items)
-    while (mine := _claim(folder, files)) is not None:
+    files, session.config._finished = _files_in_claim_order(session.items), set()
+    worker, parent = session.config.getoption("worker_index") is not None, os.getppid()
+    while not (worker and os.getppid() != parent) and (mine := _claim(folder, files)) is not None:  # an orphan stops
         items = files[mine]
         for item, next_item in zip(items, [*items[1:], None]):
             item.config.hook.pytest_runtest_protocol(item=item, nextitem=next_item)
-            _replay(session, finished=False)
-            if session.shouldfail or session.shouldstop:
-                raise session.Failed(session.shouldfail or session.shouldstop)
-    _replay(session, finished=True)
+            session.config._finished.add(item.nodeid)
+            _replay(session)
+            _stop_if_asked(session)
+    while any(worker["process"].poll() is None for worker in getattr(session.config, "_workers", ())):
+        _replay(session)
+        _stop_if_asked(session)
+        time.sleep(0.1)
+    _replay(session)
+    _check_workers(session)
+    _stop_if_asked(session)
+    return True
+
+
+def _stop_if_asked(session):
+    """As pytest's own loop: a failure limit reached (-x, --maxfail) fails the run, a plugin's
+    request to stop interrupts it."""
     if session.shouldfail:
         raise session.Failed(session.shouldfail)
-    return True
+    if session.shouldstop:
+        raise session.Interrupted(session.shouldstop)
 
 
 def pytest_unconfigure(config):
@@ -102,7 +127,10 @@ def pytest_unconfigure(config):
     for worker in getattr(config, "_workers", ()):
         if worker["process"].poll() is None:
             worker["process"].terminate()
-            worker["process"].wait()
+            try:
+                worker["process"].wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker["process"].kill()
     if hasattr(config, "_workers"):
         shutil.rmtree(config.getoption("worker_folder"), ignore_errors=True)
 
@@ -121,20 +149,17 @@ def _claim(folder, files):
     """The first file of ``files`` no process has claimed yet, now claimed by this one; None if none is left."""
     for path in files:
         try:
-            os.close(os.open(os.path.join(folder, path.replace("/", "__")), os.O_CREAT | os.O_EXCL))
+            os.close(os.open(os.path.join(folder, quote(path, safe="")), os.O_CREAT | os.O_EXCL))
         except FileExistsError:
             continue
         return path
     return None
 
 
-def _replay(session, finished):
-    """In the first process: hand the other workers' new reports to pytest as if run here;
-    ``finished``: wait for every worker first, and fail the run if one exited without a result."""
+def _replay(session):
+    """In the first process: hand the other workers' new reports to pytest as if run here."""
     config = session.config
     for worker in getattr(config, "_workers", ()):
-        if finished:
-            worker["process"].wait()
         for data in _new_lines(worker):
             report = config.hook.pytest_report_from_serializable(config=config, data=data)
             if report.when == "setup":
@@ -142,11 +167,22 @@ def _replay(session, finished):
             config.hook.pytest_runtest_logreport(report=report)
             if report.when == "teardown":
                 config.hook.pytest_runtest_logfinish(nodeid=report.nodeid, location=report.location)
+                config._finished.add(report.nodeid)
+
+
+def _check_workers(session):
+    """In the first process, once every worker has exited: fail the run if one ended without a
+    result of its tests (its output is printed) or if a collected test was reported by no one."""
+    config = session.config
+    for worker in getattr(config, "_workers", ()):
         code = worker["process"].returncode
-        if finished and code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
             with open(worker["log"]) as log:
                 sys.stdout.write(log.read())
             session.shouldfail = f"a --jobs worker exited with code {code} (its output is above)"
+    missing = [item.nodeid for item in session.items if item.nodeid not in config._finished]
+    if hasattr(config, "_workers") and missing and not session.shouldfail:
+        session.shouldfail = f"{len(missing)} test(s) ran in no process (a --jobs worker stopped early), e.g. {missing[0]}"
 
 
 def _new_lines(worker):
@@ -158,4 +194,13 @@ def _new_lines(worker):
         text = reports.read()
     complete = text[:text.rfind(b"\n") + 1]  # a line being written is read next time
     worker["read"] += len(complete)
-    return [json.loads(line) for line in complete.splitlines()]
+    return [_tuples_back(json.loads(line)) for line in complete.splitlines()]
+
+
+def _tuples_back(data):
+    """A report as serialised, with the tuples JSON made lists made tuples again (the terminal
+    reporter reads a skip's longrepr and every location as tuples)."""
+    for key in ("longrepr", "location"):
+        if isinstance(data.get(key), list):
+            data[key] = tuple(data[key])
+    return data
