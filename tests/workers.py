@@ -29,10 +29,14 @@ import pytest
 # The options a --jobs run refuses (by their pytest dest): they need one process, or the cache.
 SINGLE_PROCESS = {"--lf": "lf", "--ff": "failedfirst", "--nf": "newfirst", "--sw": "stepwise",
                   "--sw-skip": "stepwise_skip", "--cache-clear": "cacheclear", "--pdb": "usepdb", "--trace": "trace"}
-# The test files that take longest (measured with --durations=0; a stale list only costs balance).
+# The test files that take longest, longest first (measured with --durations=0; files over 4 s).
+# The rest follow in collection order. A stale list only costs balance at the end of a run.
 SLOW_FIRST = ("test_guidance_learned.py", "test_readme.py", "test_guidance.py", "test_theory_mixture.py",
               "test_tilted.py", "test_latent.py", "test_oracle.py", "test_cli.py", "test_verify.py",
-              "test_examples.py", "test_docs_formulas.py", "test_samplers.py", "test_figures.py")
+              "test_examples.py", "test_docs_formulas.py", "test_samplers.py", "test_figures.py", "test_process.py",
+              "test_dpm_ancestral.py", "test_ode.py", "test_workers.py", "test_likelihood.py", "test_measure_rules.py",
+              "test_theory_rules.py", "test_clip.py", "test_theory.py", "test_train.py", "test_predictions.py",
+              "test_inverse.py", "test_theory_samplers.py", "test_sampler_grids.py", "test_methods.py")
 
 
 def pytest_addoption(parser):
