@@ -99,8 +99,8 @@ def pytest_runtestloop(session):
     if session.testsfailed and not session.config.option.continue_on_collection_errors:  # as pytest's own loop
         raise session.Interrupted(f"{session.testsfailed} error(s) during collection")
     files, session.config._finished = _files_in_claim_order(session.items), set()
-    worker, parent = session.config.getoption("worker_index") is not None, os.getppid()
-    while not (worker and os.getppid() != parent) and (mine := _claim(folder, files)) is not None:  # an orphan stops
+    is_worker, parent = session.config.getoption("worker_index") is not None, os.getppid()
+    while not (is_worker and os.getppid() != parent) and (mine := _claim(folder, files)) is not None:  # orphans stop
         items = files[mine]
         for item, next_item in zip(items, [*items[1:], None]):
             item.config.hook.pytest_runtest_protocol(item=item, nextitem=next_item)
@@ -178,14 +178,16 @@ def _check_workers(session):
     """In the first process, once every worker has exited: fail the run if one ended without a
     result of its tests (its output is printed) or if a collected test was reported by no one."""
     config = session.config
-    for worker in getattr(config, "_workers", ()):
+    if not hasattr(config, "_workers"):
+        return
+    for worker in config._workers:
         code = worker["process"].returncode
         if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
             with open(worker["log"]) as log:
                 sys.stdout.write(log.read())
             session.shouldfail = f"a --jobs worker exited with code {code} (its output is above)"
     missing = [item.nodeid for item in session.items if item.nodeid not in config._finished]
-    if hasattr(config, "_workers") and missing and not session.shouldfail:
+    if missing and not session.shouldfail:
         session.shouldfail = f"{len(missing)} test(s) ran in no process (a --jobs worker stopped early), e.g. {missing[0]}"
 
 
