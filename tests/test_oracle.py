@@ -22,7 +22,7 @@ from refdiff.oracle import GaussianMixture
 from refdiff.process import score_to_eps
 from refdiff.schedule import Schedule
 
-from strategies import Params, finite, mixtures
+from strategies import Params, finite, mixtures, uniform_arrays
 
 EPS = np.finfo(np.float64).eps
 SCHEDULES = {"linear": Schedule.linear(1000), "cosine": Schedule.cosine(1000)}
@@ -41,10 +41,12 @@ Z_MC = 5
 
 
 # ---- strategies: random labelled mixtures (tests/strategies.py) and query points ------------
-def points(dim, bound=8.0, max_rows=4):
-    """(N, D) query points in a box around the mixture (its means lie within 5 per coordinate)."""
-    return st.integers(1, max_rows).flatmap(lambda n: hnp.arrays(
-        np.float64, (n, dim), elements=st.floats(-bound, bound, **finite)))
+@st.composite
+def points(draw, dim, bound=8.0, max_rows=4):
+    """(N, D) query points, N in 1..max_rows, in the box [-bound, bound]^D around the mixture (its
+    means lie within 5 per coordinate): uniform from a drawn seed, a drawn share of the coordinates
+    at 0, on the box's faces or all equal (strategies.uniform_arrays)."""
+    return draw(uniform_arrays((draw(st.integers(1, max_rows)), dim), -bound, bound))
 
 
 @st.composite
@@ -61,7 +63,7 @@ def split_gaussians(draw, bound=1e3):
     query points in [-bound, bound]^D and a condition for them."""
     one = draw(mixtures(max_components=1))
     copies = draw(st.integers(1, 3))
-    weights = draw(hnp.arrays(np.float64, copies, elements=st.floats(0.05, 1)))
+    weights = draw(uniform_arrays(copies, 0.05, 1.0))  # equal, or at 0.05 and 1, among others
     labels = np.arange(copies) % draw(st.integers(1, copies))  # covers 0..L-1
     p = Params(weights, np.repeat(one.means, copies, axis=0), np.repeat(one.covs, copies, axis=0), labels)
     x = draw(points(p.dim, bound))
@@ -207,6 +209,35 @@ def test_score_equals_autograd_gradient_of_log_prob_noised(q):
         assert_rows_close(gm.score(x, a, y), grad, score_tolerance(p, x, a), f"score at a={a}, y={y}")
         assert_rows_close(gm.eps(x, a, y), -np.sqrt(1 - a) * grad, score_tolerance(p, x, a),
                           f"eps = -sqrt(1 - a) score at a={a}, y={y}")
+
+
+@given(q=queries(), data=st.data())
+def test_classifier_gradient_is_the_score_difference(q, data):
+    # (O5g): autograd differentiates log p(c | x_t) by the closed form of _log_classifier_vjp. By
+    # (O5) the gradient is score(x | c) - score(x), computed here by ``score`` (the responsibilities'
+    # path). A drawn cotangent g weights every label at once, as a vector-Jacobian product does. Each
+    # side sums at most sum_c |g_c| (1 + 1) component terms of the score's round-off: 4 sum|g| of
+    # score_tolerance covers both.
+    p, x, _ = q
+    gm = p.gm
+    g = data.draw(hnp.arrays(np.float64, (len(x), p.num_labels), elements=st.floats(-2, 2, **finite)))
+    for a in ALPHAS:
+        got = elementwise_grad(lambda v: np.sum(gm.log_classifier(v, a) * g, axis=1))(x)
+        want = sum(g[:, [c]] * (gm.score(x, a, c) - gm.score(x, a)) for c in range(p.num_labels))
+        tol = 4 * np.abs(g).sum(axis=1) * score_tolerance(p, x, a)
+        assert_rows_close(got, want, tol, f"grad of sum_c g_c log p(c | x_t) at a={a}")
+
+
+def test_classifier_gradient_can_be_differentiated_again():
+    # The closed-form gradient (O5g) is written in autograd.numpy, so second derivatives (a guided
+    # eps_fn's Jacobian, e.g. for likelihoods) are exact too: the Hessian of log p(1 | x_t) times v
+    # against central differences of score(x | 1) - score(x), whose error is O(h^2) ~ 1e-10.
+    gm, x, a, v, h = MIXTURE.gm, np.array([[0.3, -0.4], [1.5, 0.2]]), 0.7, np.array([0.6, -0.8]), 1e-5
+    gradient = lambda z: elementwise_grad(lambda u: gm.log_classifier(u, a)[:, 1])(z)
+    hessian_v = elementwise_grad(lambda z: gradient(z) @ v)(x)
+    difference = lambda z: gm.score(z, a, 1) - gm.score(z, a)
+    fd = np.stack([(difference(x + h * e) - difference(x - h * e)) @ v / (2 * h) for e in np.eye(2)], axis=1)
+    np.testing.assert_allclose(hessian_v, fd, rtol=1e-6, atol=1e-8)
 
 
 def central_difference_bound(p, x, a, mask, i, h0):
