@@ -6,7 +6,6 @@ a comment, a mutation of the code that it catches."""
 import numpy as np
 import pytest
 from hypothesis import assume, given, strategies as st
-from hypothesis.extra import numpy as hnp
 
 import toy_data
 from refdiff import samplers
@@ -15,7 +14,7 @@ from refdiff.guidance import (_PerCall, apg_guidance, apg_rule, autoguidance, cf
 from refdiff.labels import NULL_LABEL
 from refdiff.process import PREDICTIONS, eps_to_prediction, eps_to_x0, prediction_to_eps
 from refdiff.schedule import Schedule
-from strategies import EPS64, assert_bounded, mixtures, points, schedules, seeds
+from strategies import EPS64, SHARES, assert_bounded, draw_specials, mixtures, points, schedules, seeds
 
 SCHED = Schedule.linear(1000)
 MIX = toy_data.mixture("three_gaussians")
@@ -28,11 +27,20 @@ def arrays_of_one_shape(draw, count, min_dim=2):
     """``count`` arrays of one shape (N, D) or (N, H, W), entries 0 or 1e-3 <= |e| <= 10, all times one
     drawn power of ten in 1e-6..1e6 (the rules are homogeneous of degree 1). Entries are kept away from
     the underflow range: where ||d_pos||^2 is subnormal or 0 (||d_pos|| < ~1e-154) the projection loses
-    its precision or is dropped, a limit of float64 that this file does not test."""
+    its precision or is dropped, a limit of float64 that this file does not test.
+
+    Numpy draws the entries from a drawn seed (random signs, magnitudes log-uniform in [1e-3, 10]);
+    hypothesis draws, per array, the share of zeros (none, a quarter, all), and the share of samples
+    in which every array repeats the first (there the differences such as d_pos are exactly 0)."""
     shape = draw(st.sampled_from([(draw(st.integers(1, 6)), draw(st.integers(min_dim, 5))), (3, 2, 4)]))
     scale = 10.0 ** draw(st.integers(-6, 6))
-    elements = st.one_of(st.just(0.0), st.floats(1e-3, 10.0), st.floats(-10.0, -1e-3))
-    return [scale * draw(hnp.arrays(np.float64, shape, elements=elements)) for _ in range(count)]
+    rng = np.random.default_rng(draw(seeds))
+    arrays = [draw_specials(draw, rng, rng.choice([-1.0, 1.0], shape) * 10.0 ** rng.uniform(-3, 1, shape), [0.0])
+              for _ in range(count)]
+    same = rng.random(shape[0]) < draw(SHARES)  # (N,)
+    for x in arrays[1:]:
+        x[same] = arrays[0][same]
+    return [scale * x for x in arrays]
 
 
 def dot(a, b):

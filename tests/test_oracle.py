@@ -22,7 +22,7 @@ from refdiff.oracle import GaussianMixture
 from refdiff.process import score_to_eps
 from refdiff.schedule import Schedule
 
-from strategies import Params, finite, mixtures
+from strategies import Params, finite, mixtures, uniform_arrays
 
 EPS = np.finfo(np.float64).eps
 SCHEDULES = {"linear": Schedule.linear(1000), "cosine": Schedule.cosine(1000)}
@@ -41,10 +41,12 @@ Z_MC = 5
 
 
 # ---- strategies: random labelled mixtures (tests/strategies.py) and query points ------------
-def points(dim, bound=8.0, max_rows=4):
-    """(N, D) query points in a box around the mixture (its means lie within 5 per coordinate)."""
-    return st.integers(1, max_rows).flatmap(lambda n: hnp.arrays(
-        np.float64, (n, dim), elements=st.floats(-bound, bound, **finite)))
+@st.composite
+def points(draw, dim, bound=8.0, max_rows=4):
+    """(N, D) query points, N in 1..max_rows, in the box [-bound, bound]^D around the mixture (its
+    means lie within 5 per coordinate): uniform from a drawn seed, a drawn share of the coordinates
+    at 0, on the box's faces or all equal (strategies.uniform_arrays)."""
+    return draw(uniform_arrays((draw(st.integers(1, max_rows)), dim), -bound, bound))
 
 
 @st.composite
@@ -61,7 +63,7 @@ def split_gaussians(draw, bound=1e3):
     query points in [-bound, bound]^D and a condition for them."""
     one = draw(mixtures(max_components=1))
     copies = draw(st.integers(1, 3))
-    weights = draw(hnp.arrays(np.float64, copies, elements=st.floats(0.05, 1)))
+    weights = draw(uniform_arrays(copies, 0.05, 1.0))  # equal, or at 0.05 and 1, among others
     labels = np.arange(copies) % draw(st.integers(1, copies))  # covers 0..L-1
     p = Params(weights, np.repeat(one.means, copies, axis=0), np.repeat(one.covs, copies, axis=0), labels)
     x = draw(points(p.dim, bound))
