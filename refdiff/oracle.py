@@ -62,6 +62,7 @@ class GaussianMixture:
         self._lam, self._U = lam, U
         self._U_all = np.concatenate(list(U), axis=1)  # (D, K D): column k D + e is U_k's column e
         self._mean_proj = np.einsum("kd,kde->ke", means, U)  # (K, D): U_k^T mu_k
+        self._blocks = np.repeat(np.eye(K), D, axis=0)  # (K D, K): row k D + e is 1 in column k
         # (L + 1, K): row y holds log pi_k where label k = y, else -inf; the last row, for the null
         # label, log pi_k everywhere
         owned = np.vstack([labels == np.arange(L)[:, None], np.ones(K, dtype=bool)])
@@ -70,7 +71,7 @@ class GaussianMixture:
         self._by_label = np.argsort(labels, kind="stable")  # the components grouped by label, from label 0
         self._label_starts = np.searchsorted(labels[self._by_label], np.arange(L))
         self.num_components, self.dim, self.num_labels = K, D, L
-        for arr in (self.weights, self.means, self.covs, self.labels, lam, U, self._U_all, self._mean_proj,
+        for arr in (self.weights, self.means, self.covs, self.labels, lam, U, self._U_all, self._mean_proj, self._blocks,
                     self._log_prior, self._one_hot, self._by_label, self._label_starts):
             arr.flags.writeable = False
 
@@ -100,31 +101,39 @@ class GaussianMixture:
         """Log-prior of each component given each row's label, shape (N, K): log pi_k or -inf."""
         if y is None:
             return np.broadcast_to(self._log_prior[-1], (n, self.num_components))
-        return self._log_prior[np.where(y == NULL_LABEL, self.num_labels, y)]
+        rows = np.where(y == NULL_LABEL, self.num_labels, y)
+        return np.take(self._log_prior, rows, axis=0)  # a seventh of the time of self._log_prior[rows]
 
     # ---- the noised components (eq. (O1)) ---------------------------------------------------
     def _components(self, x, a):
-        """Per-component log density, projections and variances at alpha_bar a (one float or (N, 1, 1)).
+        """Per-component log density and whitened coordinates at alpha_bar a (one float or (N, 1, 1)).
 
-        Returns log N(x; sqrt(a) mu_k, C_k) of shape (N, K), the coordinates z = U_k^T (x - sqrt(a)
-        mu_k) of shape (N, K, D) and the eigenvalues var = a lambda_k + 1 - a of C_k, (K, D) for a
-        shared a and (N, K, D) for a per-row one.
+        With z = U_k^T (x - sqrt(a) mu_k) and the eigenvalues var = a lambda_k + 1 - a of C_k ((K, D)
+        for a shared a, (N, K, D) for a per-row one), returns log N(x; sqrt(a) mu_k, C_k) of shape
+        (N, K) and z / var, the coordinates of C_k^{-1} (x - sqrt(a) mu_k), of shape (N, K, D).
         """
         n, K, D = x.shape[0], self.num_components, self.dim
         var = a * self._lam + (1 - a)
         z = anp.reshape(x @ self._U_all, (n, K, D)) - np.sqrt(a) * self._mean_proj
-        log_n = -0.5 * (anp.einsum("nkd,nkd->nk", z, z / var) + np.sum(np.log(var), axis=-1) + D * LOG_2PI)
-        return log_n, z, var
+        scaled = z / var
+        log_n = -0.5 * (self._per_component(z * scaled) + self._per_component(np.log(var)) + D * LOG_2PI)
+        return log_n, scaled
+
+    def _per_component(self, values):
+        """sum over d of values (..., K, D), shape (..., K): one product with the (K D, K) indicator of
+        the components' blocks, as numpy sums a short trailing axis slowly (row_max)."""
+        return anp.dot(anp.reshape(values, values.shape[:-2] + (-1,)), self._blocks)
 
     def _back(self, weights):
         """sum_k U_k w_k for per-component coordinates w (N, K, D): one product with [U_1 ... U_K]^T, (N, D)."""
         return np.reshape(weights, (weights.shape[0], -1)) @ self._U_all.T
 
     def _responsibilities(self, x, a, y):
-        """p(component k | x_t, y), shape (N, K), with the components' (z, var) for reuse."""
-        log_n, z, var = self._components(x, a)
+        """p(component k | x_t, y), shape (N, K), with the components' z / var for reuse."""
+        log_n, scaled = self._components(x, a)
         w = np.exp(_shift_rows(self._mask(y, x.shape[0]) + log_n))
-        return w / w.sum(axis=1, keepdims=True), z, var
+        w /= (w @ np.ones(self.num_components))[:, None]  # the row sums, as one product (_per_component)
+        return w, scaled
 
     # ---- exact quantities ---------------------------------------------------------------------
     def log_prob_noised(self, x, alpha_bar, y=None):
@@ -134,7 +143,7 @@ class GaussianMixture:
         """
         x, a, y = self._inputs(x, alpha_bar, y)
         log_prior = self._mask(y, x.shape[0])
-        log_n, _, _ = self._components(x, a)
+        log_n, _ = self._components(x, a)
         return (log_sum_exp(log_prior + log_n) - log_sum_exp(log_prior))[:, 0]
 
     def log_prob(self, x, y=None):
@@ -144,8 +153,8 @@ class GaussianMixture:
     def score(self, x, alpha_bar, y=None):
         """grad_x log q_t(x_t [| y]) = -sum_k r_k C_k^{-1} (x - sqrt(a) mu_k) (eq. (O2)); shape (N, D)."""
         x, a, y = self._inputs(x, alpha_bar, y)
-        r, z, var = self._responsibilities(x, a, y)
-        return -self._back(r[:, :, None] * z / var)
+        r, scaled = self._responsibilities(x, a, y)
+        return -self._back(r[:, :, None] * scaled)
 
     def eps(self, x, alpha_bar, y=None):
         """The optimal noise prediction eps*(x_t) = -sqrt(1 - a) * score (eq. (O3)); shape (N, D)."""
@@ -160,8 +169,8 @@ class GaussianMixture:
         Tweedie's formula (C7).
         """
         x, a, y = self._inputs(x, alpha_bar, y)
-        r, z, var = self._responsibilities(x, a, y)
-        return r @ self.means + self._back(r[:, :, None] * np.sqrt(a) * self._lam * z / var)
+        r, scaled = self._responsibilities(x, a, y)
+        return r @ self.means + self._back(r[:, :, None] * np.sqrt(a) * self._lam * scaled)
 
     def log_classifier(self, x, alpha_bar):
         """The exact noisy classifier log p(y | x_t) for every label, shape (N, L) (eq. (O5)).
@@ -175,16 +184,16 @@ class GaussianMixture:
 
     def _log_joint(self, x, a):
         """log pi_k + log N_k(x_t) less each row's maximum, (N, K), and log sum_{k: label k = c} of it
-        for every label c, (N, L), with the components' (z, var) for reuse.
+        for every label c, (N, L), with the components' z / var for reuse.
 
         Each label's sum is taken relative to its own largest term (``top``, a constant to autograd
         as in ``log_sum_exp``), so a label far less likely than the best one keeps a finite log.
         """
-        log_n, z, var = self._components(x, a)
+        log_n, scaled = self._components(x, a)
         log_joint = _shift_rows(np.log(self.weights)[None] + log_n)
         top = np.maximum.reduceat(getval(log_joint)[:, self._by_label], self._label_starts, axis=1)
         per_label = top + anp.log(anp.dot(anp.exp(log_joint - top[:, self.labels]), self._one_hot))
-        return log_joint, per_label, z, var
+        return log_joint, per_label, scaled
 
     def _log_classifier_vjp(self, x, a, g):
         """sum_c g[:, c] grad_x log p(c | x_t) for a cotangent g (N, L), in closed form (eq. (O5g)).
@@ -193,11 +202,11 @@ class GaussianMixture:
         responsibilities and r_{k|c} those within label c, and grad_x log N_k = -C_k^{-1} (x - sqrt(a) mu_k).
         Written in autograd.numpy, so it can be differentiated again.
         """
-        log_joint, per_label, z, var = self._log_joint(x, a)
+        log_joint, per_label, scaled = self._log_joint(x, a)
         total = log_sum_exp(log_joint)
         coef = (g[:, self.labels] * anp.exp(log_joint - per_label[:, self.labels])
                 - anp.sum(g, axis=1, keepdims=True) * anp.exp(log_joint - total))  # (N, K)
-        return -anp.dot(anp.reshape(coef[:, :, None] * z / var, (x.shape[0], -1)), self._U_all.T)
+        return -anp.dot(anp.reshape(coef[:, :, None] * scaled, (x.shape[0], -1)), self._U_all.T)
 
     def mean(self, y=None):
         """E[x_0 (| y)] = sum_k w_k mu_k over the (label's renormalised) weights (eq. (O6)); shape (D,)."""
@@ -377,7 +386,7 @@ def _log_classifier(x, mixture, a):
     differentiates this at every step of a chain; with the closed form a gradient there takes 0.4-0.9
     times as long as the traced one did (docs/learned.md, "Speed").
     """
-    log_joint, per_label, _, _ = mixture._log_joint(x, a)
+    log_joint, per_label, _ = mixture._log_joint(x, a)
     return per_label - log_sum_exp(log_joint)
 
 
