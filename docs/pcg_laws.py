@@ -25,18 +25,28 @@ def pcg_law(gamma, steps):
                                 max_draws=steps)
 
 
-def table():
-    """Rows per gamma and sampler, columns per step count: 'mean, var'; the (T6) limit last."""
+def ddpm_law(gamma, steps):
+    """(mean, var) of DDPM with CFG (w = gamma - 1) toward N(MU, V) with ``steps`` leading steps, exactly (T12)."""
+    return theory.sampler_output(SCHED, "ddpm", MU, V, gamma - 1, steps=steps, max_draws=steps)
+
+
+def laws():
+    """Per gamma in GAMMAS: the (T6) limit as "limit", and the laws of PCG as "pcg" and of DDPM with CFG
+    as "ddpm", one (mean, var) per step count in COUNTS; the table's numbers, computed once."""
+    return {gamma: {"limit": theory.sde_limit(MU, V, gamma - 1), "pcg": [pcg_law(gamma, k) for k in COUNTS],
+                    "ddpm": [ddpm_law(gamma, k) for k in COUNTS]} for gamma in GAMMAS}
+
+
+def table(rows):
+    """``laws()`` as rows per gamma and sampler, columns per step count: 'mean, var'; the (T6) limit last."""
     lines = ["| `gamma = 1 + w` | sampler | " + " | ".join(f"{k} steps" for k in COUNTS) + " | reverse SDE (T6) |",
              "|---" * (3 + len(COUNTS)) + "|"]
-    for gamma in GAMMAS:
-        limit = "{:.4f}, {:.4f}".format(*theory.sde_limit(MU, V, gamma - 1))
-        laws = {"PCG (D14)": [pcg_law(gamma, k) for k in COUNTS],
-                "DDPM, CFG": [theory.sampler_output(SCHED, "ddpm", MU, V, gamma - 1, steps=k, max_draws=k) for k in COUNTS]}
-        for name, cells in laws.items():
-            lines.append(f"| {gamma:g} | {name} | " + " | ".join(f"{m:.4f}, {v:.4f}" for m, v in cells) + f" | {limit} |")
+    for gamma, row in rows.items():
+        limit = "{:.4f}, {:.4f}".format(*row["limit"])
+        for key, name in (("pcg", "PCG (D14)"), ("ddpm", "DDPM, CFG")):
+            lines.append(f"| {gamma:g} | {name} | " + " | ".join(f"{m:.4f}, {v:.4f}" for m, v in row[key]) + f" | {limit} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(table())
+    print(table(laws()))

@@ -162,42 +162,42 @@ def test_T11_the_corrector_exponent_is_2_gamma_minus_1_not_gamma(name):
 
 
 # ---- PCG: (T11) as a sampler (samplers.pcg, (D14)) --------------------------------------------------
-def _pcg_laws():
-    spec = importlib.util.spec_from_file_location("pcg_laws", Path(__file__).resolve().parents[1] / "docs" / "pcg_laws.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_spec = importlib.util.spec_from_file_location("pcg_laws", DOC.parent / "pcg_laws.py")
+pcg_laws = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pcg_laws)
 
 
-def test_pcg_table_converges_to_the_reverse_sde_and_its_ratios():
-    laws = _pcg_laws()
-    assert laws.table() in (Path(__file__).resolve().parents[1] / "docs" / "theory_mixture.md").read_text()
-    for gamma in laws.GAMMAS:
-        limit = np.array(theory.sde_limit(laws.MU, laws.V, gamma - 1))
-        pcg = np.array([laws.pcg_law(gamma, k) for k in laws.COUNTS])
-        ddpm = np.array([theory.sampler_output(laws.SCHED, "ddpm", laws.MU, laws.V, gamma - 1, steps=k, max_draws=k)
-                         for k in laws.COUNTS])
+@pytest.fixture(scope="module")
+def pcg_table():
+    """The laws the docs' PCG table prints (docs/pcg_laws.py), computed once for the tests below."""
+    return pcg_laws.laws()
+
+
+def test_pcg_table_converges_to_the_reverse_sde_and_its_ratios(pcg_table):
+    assert pcg_laws.table(pcg_table) in DOC.read_text()
+    for gamma, row in pcg_table.items():
+        limit, pcg, ddpm = np.array(row["limit"]), np.array(row["pcg"]), np.array(row["ddpm"])
         for law in (pcg, ddpm):  # first order: the error falls about 4x from 250 to 1000 steps
             err = np.abs(law - limit).max(axis=1)
             assert np.all(np.diff(err) < 0) and 2.5 < err[2] / err[3] < 6, (gamma, err)
         rel = np.abs(pcg[0] / limit - 1), np.abs(ddpm[0] / limit - 1)  # 50 steps: "(mean, var)" relative errors
         assert rel[0][1] < 0.024 and 22 <= round(100 * rel[1][1]) <= 31, (gamma, rel)
-    pcg4, ddpm4, limit4 = laws.pcg_law(4.0, 50), theory.sampler_output(laws.SCHED, "ddpm", 1.0, 0.5, 3.0, steps=50, max_draws=50), 1.875
+    assert pcg_laws.COUNTS[0] == 50 and (pcg_laws.MU, pcg_laws.V) == (1.0, 0.5)
+    pcg4, ddpm4, limit4 = pcg_table[4.0]["pcg"][0], pcg_table[4.0]["ddpm"][0], 1.875
     assert round(1 - pcg4[0] / limit4, 3) == 0.018 and round(ddpm4[0] / limit4 - 1, 3) == 0.008
 
 
-def test_pcg_without_a_corrector_is_ddim_and_its_samples_follow_its_law():
-    laws = _pcg_laws()
-    pair = theory.exact_pair(laws.SCHED, 1.0, 0.5)
+def test_pcg_without_a_corrector_is_ddim_and_its_samples_follow_its_law(pcg_table):
+    pair = theory.exact_pair(pcg_laws.SCHED, 1.0, 0.5)
     predictor, corrector = (lambda x, t: pair(x, t, 0)), classifier_free_guidance(pair, 0, 2.0)
     x = np.random.default_rng(0).standard_normal((50, 1))
-    assert np.array_equal(samplers.pcg(predictor, corrector, laws.SCHED, x, 20, np.random.default_rng(1), langevin_steps=0),
-                          samplers.ddim(predictor, laws.SCHED, x, 20))
+    assert np.array_equal(samplers.pcg(predictor, corrector, pcg_laws.SCHED, x, 20, np.random.default_rng(1), langevin_steps=0),
+                          samplers.ddim(predictor, pcg_laws.SCHED, x, 20))
     # 20,000 samples against the exact law (T12): mean within 5 sd / sqrt(n), variance within 5 var sqrt(2 / n)
     n, rng = 20_000, np.random.default_rng(2)
-    got = samplers.pcg(predictor, corrector, laws.SCHED, rng.standard_normal((n, 1)), 50, rng)[:, 0]
-    mean, var = laws.pcg_law(2.0, 50)
+    got = samplers.pcg(predictor, corrector, pcg_laws.SCHED, rng.standard_normal((n, 1)), 50, rng)[:, 0]
+    mean, var = pcg_table[2.0]["pcg"][pcg_laws.COUNTS.index(50)]  # pcg_law(2.0, 50), the table's
     assert abs(got.mean() - mean) < 5 * np.sqrt(var / n) and abs(got.var() - var) < 5 * var * np.sqrt(2 / n)
     for kwargs, name in (({"langevin_steps": -1}, "langevin_steps"), ({"step_scale": 0.0}, "step_scale")):
         with pytest.raises(ValueError, match=rf"\b{name}\b"):
-            samplers.pcg(predictor, corrector, laws.SCHED, x, 5, rng, **kwargs)
+            samplers.pcg(predictor, corrector, pcg_laws.SCHED, x, 5, rng, **kwargs)
