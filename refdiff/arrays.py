@@ -1,6 +1,7 @@
 """Input checks shared by every module: batch-first points, timesteps, counts, real scalars and
 the floating dtypes (docs/notation.md; docs/architecture.md, "Conventions"); and ``row_max`` and
-``log_sum_exp``, the two row reductions the oracle and the networks share."""
+``log_sum_exp``, the reductions over a row (the networks' logits) and over a column (the oracle's
+components, one row per component)."""
 import numbers
 
 import autograd.numpy as anp
@@ -181,16 +182,17 @@ def row_max(values):
 
 
 def log_sum_exp(values):
-    """log sum_k exp(values[:, k]) of each row of a 2-D array, shape (N, 1), differentiable by autograd.
+    """log sum_k exp(values[k]) of each column of a 2-D array (K, N), shape (1, N), differentiable by
+    autograd.
 
-    The row maximum m is subtracted first as a constant: log sum exp(v) = m + log sum exp(v - m)
-    for any m, so nothing overflows and the gradient, softmax(v), does not depend on m. A row of
-    -inf gives -inf (m is then taken as 0).
+    The column maximum m is subtracted first as a constant: log sum exp(v) = m + log sum exp(v - m)
+    for any m, so nothing overflows and the gradient, softmax(v), does not depend on m. A column of
+    -inf gives -inf (m is then taken as 0). Down columns numpy reduces at full speed (``row_max``).
     """
-    m = row_max(getval(values))
+    m = np.max(getval(values), axis=0, keepdims=True)
     m[~np.isfinite(m)] = 0
     with np.errstate(divide="ignore"):
-        return m + anp.log(anp.sum(anp.exp(values - m), axis=1, keepdims=True))
+        return m + anp.log(anp.sum(anp.exp(values - m), axis=0, keepdims=True))
 
 
 def _asarray(value, name, expected):

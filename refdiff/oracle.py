@@ -5,11 +5,14 @@ If x_0 ~ sum_k pi_k N(mu_k, Sigma_k), then x_t = sqrt(a) x_0 + sqrt(1 - a) eps (
 is again a mixture, sum_k pi_k N(sqrt(a) mu_k, a Sigma_k + (1 - a) I) (eq. (O1)). Everything here
 follows from that in closed form. Each Sigma_k = U_k diag(lambda_k) U_k^T is diagonalised once, so
 the noised covariance is U_k diag(a lambda_k + 1 - a) U_k^T at every a: the coordinates
-z_k = U_k^T (x - sqrt(a) mu_k) of every component come from one matrix product of x with the
-eigenvectors side by side, [U_1 ... U_K] (D, K D), and the score from one product back. A batch
-that shares one a (a sampler's step) keeps the variances per component, (K, D); a per-row a
-(real times, training draws) makes them (N, K, D), with the same formulas. The log-density path uses autograd.numpy, so autograd can differentiate
-it in x (the tests check the analytic score against that gradient).
+z_k = U_k^T (x - sqrt(a) mu_k) of every component come from one matrix product of the
+eigenvectors side by side, [U_1 ... U_K] (D, K D), with x, and the score from one product back.
+Inside, arrays are component-major: one row per component (K, N) or per component and coordinate
+(K D, N), so that the sums over the few components or coordinates run down columns, which numpy
+does at full speed, where a short trailing axis would be slow. A batch that shares one a (a
+sampler's step) keeps the variances per component, (K D, 1); a per-row a (real times, training
+draws) makes them (K D, N), with the same formulas. The log-density path uses autograd.numpy, so
+autograd can differentiate it in x (the tests check the analytic score against that gradient).
 """
 import autograd.numpy as anp
 import numpy as np
@@ -17,7 +20,7 @@ from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
 from .arrays import (alpha_bar_of, as_count, as_int_batch, as_observation, as_points, as_real, as_times, check_rng,
-                     is_real, log_sum_exp, row_max)
+                     is_real, log_sum_exp)
 from .labels import NULL_LABEL, as_labels
 from .process import eps_to_prediction, q_sample, target_of
 
@@ -61,18 +64,19 @@ class GaussianMixture:
         self.means, self.covs, self.labels = means, covs, labels
         self._lam, self._U = lam, U
         self._U_all = np.concatenate(list(U), axis=1)  # (D, K D): column k D + e is U_k's column e
-        self._mean_proj = np.einsum("kd,kde->ke", means, U)  # (K, D): U_k^T mu_k
+        self._lam_all = lam.reshape(-1, 1)  # (K D, 1): row k D + e is lambda_k's entry e
+        self._mean_all = np.einsum("kd,kde->ke", means, U).reshape(-1, 1)  # (K D, 1): U_k^T mu_k, stacked
         self._blocks = np.repeat(np.eye(K), D, axis=0)  # (K D, K): row k D + e is 1 in column k
-        # (L + 1, K): row y holds log pi_k where label k = y, else -inf; the last row, for the null
-        # label, log pi_k everywhere
-        owned = np.vstack([labels == np.arange(L)[:, None], np.ones(K, dtype=bool)])
-        self._log_prior = np.where(owned, np.log(self.weights), -np.inf)
-        self._one_hot = owned[:L].T.astype(np.float64)  # (K, L): component k belongs to label c
+        # (K, L + 1): column y holds log pi_k where label k = y, else -inf; the last column, for the
+        # null label, log pi_k everywhere
+        owned = np.hstack([labels[:, None] == np.arange(L), np.ones((K, 1), dtype=bool)])
+        self._log_prior = np.where(owned, np.log(self.weights)[:, None], -np.inf)
+        self._one_hot = owned[:, :L].astype(np.float64)  # (K, L): component k belongs to label c
         self._by_label = np.argsort(labels, kind="stable")  # the components grouped by label, from label 0
         self._label_starts = np.searchsorted(labels[self._by_label], np.arange(L))
         self.num_components, self.dim, self.num_labels = K, D, L
-        for arr in (self.weights, self.means, self.covs, self.labels, lam, U, self._U_all, self._mean_proj, self._blocks,
-                    self._log_prior, self._one_hot, self._by_label, self._label_starts):
+        for arr in (self.weights, self.means, self.covs, self.labels, lam, U, self._U_all, self._lam_all, self._mean_all,
+                    self._blocks, self._log_prior, self._one_hot, self._by_label, self._label_starts):
             arr.flags.writeable = False
 
     def __repr__(self):
@@ -82,7 +86,7 @@ class GaussianMixture:
     # ---- checks -----------------------------------------------------------------------------
     def _inputs(self, x, alpha_bar, y=None):
         """Validate x (N, D), alpha_bar (scalar or (N,)) in [0, 1] and labels; a is returned as one
-        float64 when every row shares it, else as a column (N, 1, 1)."""
+        float64 when every row shares it, else as one per row, (N,)."""
         x = as_points(x, "x", dim=self.dim)
         n = x.shape[0]
         if not is_real(alpha_bar):
@@ -95,44 +99,44 @@ class GaussianMixture:
             return x, np.float64(a), y
         a = np.broadcast_to(a, (n,))
         shared = n > 0 and bool((a == a[0]).all())
-        return x, a[0] if shared else a[:, None, None], y
+        return x, a[0] if shared else a, y
 
     def _mask(self, y, n):
-        """Log-prior of each component given each row's label, shape (N, K): log pi_k or -inf."""
+        """Log-prior of each component given each row's label, shape (K, N): log pi_k or -inf."""
         if y is None:
-            return np.broadcast_to(self._log_prior[-1], (n, self.num_components))
-        rows = np.where(y == NULL_LABEL, self.num_labels, y)
-        return np.take(self._log_prior, rows, axis=0)  # a seventh of the time of self._log_prior[rows]
+            return np.broadcast_to(self._log_prior[:, -1:], (self.num_components, n))
+        columns = np.where(y == NULL_LABEL, self.num_labels, y)
+        return np.take(self._log_prior, columns, axis=1)  # a seventh of the time of fancy indexing
 
     # ---- the noised components (eq. (O1)) ---------------------------------------------------
     def _components(self, x, a):
-        """Per-component log density and whitened coordinates at alpha_bar a (one float or (N, 1, 1)).
+        """Per-component log density and whitened coordinates at alpha_bar a (one float or (N,)).
 
-        With z = U_k^T (x - sqrt(a) mu_k) and the eigenvalues var = a lambda_k + 1 - a of C_k ((K, D)
-        for a shared a, (N, K, D) for a per-row one), returns log N(x; sqrt(a) mu_k, C_k) of shape
-        (N, K) and z / var, the coordinates of C_k^{-1} (x - sqrt(a) mu_k), of shape (N, K, D).
+        With the stacked coordinates z = U_k^T (x - sqrt(a) mu_k) and eigenvalues var = a lambda_k +
+        1 - a of C_k ((K D, 1) for a shared a, (K D, N) for a per-row one), returns log N(x; sqrt(a)
+        mu_k, C_k) of shape (K, N) and z / var, the coordinates of C_k^{-1} (x - sqrt(a) mu_k), (K D, N).
         """
-        n, K, D = x.shape[0], self.num_components, self.dim
-        var = a * self._lam + (1 - a)
-        z = anp.reshape(x @ self._U_all, (n, K, D)) - np.sqrt(a) * self._mean_proj
+        var = a * self._lam_all + (1 - a)
+        z = anp.dot(self._U_all.T, anp.transpose(x)) - np.sqrt(a) * self._mean_all
         scaled = z / var
-        log_n = -0.5 * (self._per_component(z * scaled) + self._per_component(np.log(var)) + D * LOG_2PI)
+        log_n = -0.5 * (self._per_component(z * scaled) + self._per_component(np.log(var)) + self.dim * LOG_2PI)
         return log_n, scaled
 
     def _per_component(self, values):
-        """sum over d of values (..., K, D), shape (..., K): one product with the (K D, K) indicator of
-        the components' blocks, as numpy sums a short trailing axis slowly (row_max)."""
-        return anp.dot(anp.reshape(values, values.shape[:-2] + (-1,)), self._blocks)
+        """sum over each component's D rows of values (K D, N), shape (K, N): one product with the
+        components' block indicator."""
+        return anp.dot(self._blocks.T, values)
 
-    def _back(self, weights):
-        """sum_k U_k w_k for per-component coordinates w (N, K, D): one product with [U_1 ... U_K]^T, (N, D)."""
-        return np.reshape(weights, (weights.shape[0], -1)) @ self._U_all.T
+    def _back(self, weights, scaled):
+        """sum_k U_k (w_k scaled_k) for per-component weights w (K, N) and coordinates scaled (K D, N):
+        one product with [U_1 ... U_K], returned as (N, D)."""
+        return anp.dot(anp.transpose(anp.dot(self._blocks, weights) * scaled), self._U_all.T)
 
     def _responsibilities(self, x, a, y):
-        """p(component k | x_t, y), shape (N, K), with the components' z / var for reuse."""
+        """p(component k | x_t, y), shape (K, N), with the components' z / var for reuse."""
         log_n, scaled = self._components(x, a)
-        w = np.exp(_shift_rows(self._mask(y, x.shape[0]) + log_n))
-        w /= (w @ np.ones(self.num_components))[:, None]  # the row sums, as one product (_per_component)
+        w = np.exp(_shift_columns(self._mask(y, x.shape[0]) + log_n))
+        w /= w.sum(axis=0)
         return w, scaled
 
     # ---- exact quantities ---------------------------------------------------------------------
@@ -144,7 +148,7 @@ class GaussianMixture:
         x, a, y = self._inputs(x, alpha_bar, y)
         log_prior = self._mask(y, x.shape[0])
         log_n, _ = self._components(x, a)
-        return (log_sum_exp(log_prior + log_n) - log_sum_exp(log_prior))[:, 0]
+        return (log_sum_exp(log_prior + log_n) - log_sum_exp(log_prior))[0]
 
     def log_prob(self, x, y=None):
         """log p(x_0), or log p(x_0 | y): eq. (O1) at a = 1; shape (N,)."""
@@ -154,7 +158,7 @@ class GaussianMixture:
         """grad_x log q_t(x_t [| y]) = -sum_k r_k C_k^{-1} (x - sqrt(a) mu_k) (eq. (O2)); shape (N, D)."""
         x, a, y = self._inputs(x, alpha_bar, y)
         r, scaled = self._responsibilities(x, a, y)
-        return -self._back(r[:, :, None] * scaled)
+        return -self._back(r, scaled)
 
     def eps(self, x, alpha_bar, y=None):
         """The optimal noise prediction eps*(x_t) = -sqrt(1 - a) * score (eq. (O3)); shape (N, D)."""
@@ -170,7 +174,7 @@ class GaussianMixture:
         """
         x, a, y = self._inputs(x, alpha_bar, y)
         r, scaled = self._responsibilities(x, a, y)
-        return r @ self.means + self._back(r[:, :, None] * np.sqrt(a) * self._lam * scaled)
+        return r.T @ self.means + self._back(r, np.sqrt(a) * self._lam_all * scaled)
 
     def log_classifier(self, x, alpha_bar):
         """The exact noisy classifier log p(y | x_t) for every label, shape (N, L) (eq. (O5)).
@@ -183,16 +187,16 @@ class GaussianMixture:
         return _log_classifier(x, self, a)
 
     def _log_joint(self, x, a):
-        """log pi_k + log N_k(x_t) less each row's maximum, (N, K), and log sum_{k: label k = c} of it
-        for every label c, (N, L), with the components' z / var for reuse.
+        """log pi_k + log N_k(x_t) less each point's maximum, (K, N), and log sum_{k: label k = c} of it
+        for every label c, (L, N), with the components' z / var for reuse.
 
         Each label's sum is taken relative to its own largest term (``top``, a constant to autograd
         as in ``log_sum_exp``), so a label far less likely than the best one keeps a finite log.
         """
         log_n, scaled = self._components(x, a)
-        log_joint = _shift_rows(np.log(self.weights)[None] + log_n)
-        top = np.maximum.reduceat(getval(log_joint)[:, self._by_label], self._label_starts, axis=1)
-        per_label = top + anp.log(anp.dot(anp.exp(log_joint - top[:, self.labels]), self._one_hot))
+        log_joint = _shift_columns(np.log(self.weights)[:, None] + log_n)
+        top = np.maximum.reduceat(getval(log_joint)[self._by_label], self._label_starts, axis=0)
+        per_label = top + anp.log(anp.dot(self._one_hot.T, anp.exp(log_joint - top[self.labels])))
         return log_joint, per_label, scaled
 
     def _log_classifier_vjp(self, x, a, g):
@@ -203,10 +207,10 @@ class GaussianMixture:
         Written in autograd.numpy, so it can be differentiated again.
         """
         log_joint, per_label, scaled = self._log_joint(x, a)
-        total = log_sum_exp(log_joint)
-        coef = (g[:, self.labels] * anp.exp(log_joint - per_label[:, self.labels])
-                - anp.sum(g, axis=1, keepdims=True) * anp.exp(log_joint - total))  # (N, K)
-        return -anp.dot(anp.reshape(coef[:, :, None] * scaled, (x.shape[0], -1)), self._U_all.T)
+        g = anp.transpose(g)  # (L, N)
+        coef = (g[self.labels] * anp.exp(log_joint - per_label[self.labels])
+                - anp.sum(g, axis=0) * anp.exp(log_joint - log_sum_exp(log_joint)))  # (K, N)
+        return -self._back(coef, scaled)
 
     def mean(self, y=None):
         """E[x_0 (| y)] = sum_k w_k mu_k over the (label's renormalised) weights (eq. (O6)); shape (D,)."""
@@ -253,7 +257,7 @@ class GaussianMixture:
         gain = np.swapaxes(np.linalg.solve(S, A @ self.covs), 1, 2)  # (K, D, M): Sigma_k A^T S_k^{-1}
         residual = y_obs - self.means @ A.T  # (K, M)
         covs = self.covs - gain @ A @ self.covs
-        return GaussianMixture(np.exp(_shift_rows(self._log_evidence(S, residual)[None])[0]),
+        return GaussianMixture(np.exp(_shift_columns(self._log_evidence(S, residual)[:, None])[:, 0]),
                                self.means + np.einsum("kdm,km->kd", gain, residual), (covs + np.swapaxes(covs, 1, 2)) / 2,
                                self.labels)
 
@@ -266,7 +270,7 @@ class GaussianMixture:
         """
         A, y_obs, s = self._observation(A, y_obs, noise_std)
         S = A @ self.covs @ A.T + s ** 2 * np.eye(len(y_obs))
-        evidence = log_sum_exp(self._log_evidence(S, y_obs - self.means @ A.T)[None])[0, 0]
+        evidence = log_sum_exp(self._log_evidence(S, y_obs - self.means @ A.T)[:, None])[0, 0]
         posterior = self.posterior_given(A, y_obs, noise_std)
         return posterior.log_prob_noised(x, alpha_bar) - self.log_prob_noised(x, alpha_bar) + evidence
 
@@ -289,7 +293,7 @@ class GaussianMixture:
         y = as_labels(y, n, self.num_labels, allow_null=False)
         log_prior = self._mask(y, n)
         g = rng.gumbel(size=(n, self.num_components))  # Gumbel-max: argmax is a draw from the prior
-        k = np.argmax(log_prior + g, axis=1)
+        k = np.argmax(log_prior.T + g, axis=1)
         z = rng.standard_normal((n, self.dim))
         scale = self._U * np.sqrt(self._lam)[:, None, :]  # covs[k] = scale[k] scale[k]^T
         x = self.means[k] + np.einsum("nde,ne->nd", scale[k], z)
@@ -379,7 +383,7 @@ def _alpha_bar(sched, t, n):
 
 @primitive
 def _log_classifier(x, mixture, a):
-    """``mixture.log_classifier`` at alpha_bar a (a float or (N, 1, 1)) on checked points x, (N, L) (eq. (O5)).
+    """``mixture.log_classifier`` at alpha_bar a (a float or (N,)) on checked points x, (N, L) (eq. (O5)).
 
     One autograd primitive: its forward pass runs on plain arrays and its gradient is the closed form
     ``_log_classifier_vjp`` (O5g), not a trace of the log-sum-exps. Classifier guidance on the oracle
@@ -387,17 +391,17 @@ def _log_classifier(x, mixture, a):
     times as long as the traced one did (docs/learned.md, "Speed").
     """
     log_joint, per_label, _ = mixture._log_joint(x, a)
-    return per_label - log_sum_exp(log_joint)
+    return anp.transpose(per_label - log_sum_exp(log_joint))
 
 
 defvjp(_log_classifier, lambda ans, x, mixture, a: lambda g: mixture._log_classifier_vjp(x, a, g))
 
 
-def _shift_rows(log_joint):
-    """log_joint minus each row's maximum, shape (N, K).
+def _shift_columns(log_joint):
+    """log_joint minus each column's maximum, shape (K, N): a point's components are a column.
 
     Far from the data the log densities reach -1e6 or below, where a normaliser computed on the
     raw values is only stored to the nearest float at that size and the normalised weights no
-    longer sum to 1; shifted, the largest entry of each row is exactly 0.
+    longer sum to 1; shifted, the largest entry of each column is exactly 0.
     """
-    return log_joint - row_max(getval(log_joint))
+    return log_joint - np.max(getval(log_joint), axis=0)
