@@ -94,15 +94,18 @@ def rules_at_matched_fidelity(n=3000, seed=0, name="three_overlapping", methods=
     models = rule_models(mix, sched, y)
     measure = lambda x, y: mixture_measures(mix, np.random.default_rng(seed + 1))(x, y)  # one reference sample for all
     registered = [m for m in (methods or registry.available(models)) if m != "cfg_pp"]
-    rows, _ = scale_sweep(models, sched, y, RULE_WS, x_T, measure, registered)
+    rows, samples = scale_sweep(models, sched, y, RULE_WS, x_T, measure, registered)
 
-    def cfg_pp_sample(lam):
-        eps_fn, x0_fn = cfg_pp(models["denoiser"], sched, y, lam)
-        return ddim(eps_fn, sched, x_T, 50, x0_fn=x0_fn)
+    def sample(method, w):  # each strength sampled once: the matched one is the sweep's or the bisection's last
+        if (method, w) not in samples:
+            if method == "cfg_pp":
+                eps_fn, x0_fn = cfg_pp(models["denoiser"], sched, y, w)
+                samples[method, w] = ddim(eps_fn, sched, x_T, 50, x0_fn=x0_fn)
+            else:
+                samples[method, w] = ddim(guided_eps_fn(method, w, models, sched, y), sched, x_T, 50)
+        return samples[method, w]
     if methods is None or "cfg_pp" in methods:
-        rows += [{"method": "cfg_pp", "w": lam, **measure(cfg_pp_sample(lam), y)} for lam in LAMS]
-    def sample(method, w):
-        return cfg_pp_sample(w) if method == "cfg_pp" else ddim(guided_eps_fn(method, w, models, sched, y), sched, x_T, 50)
+        rows += [{"method": "cfg_pp", "w": lam, **measure(sample("cfg_pp", lam), y)} for lam in LAMS]
     matched = []
     for method in dict.fromkeys(r["method"] for r in rows):
         strength = crossing([r for r in rows if r["method"] == method],

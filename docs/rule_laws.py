@@ -20,6 +20,7 @@ WS, COUNTS, LAMS = (1.0, 3.0), (10, 20, 50, 100), (0.2, 0.6, 1.0)
 SCHED = Schedule.linear(1000)
 CLASSES = GaussianMixture([1.0, 1.0], [[MU], [MU_NEG]], [[[V]], [[V]]])  # label 0 = y, label 1 = y_neg
 RULES = ("CFG (G5)", "negative label (G15)", "autoguidance (G19)")
+COLUMNS = (("ddim", 50), ("ddim", 1000), ("ddpm", 50), ("ddpm", 200))  # (sampler, steps) of the (T13) table
 SCHEDULES = {"constant w = 3": lambda: guidance.weight_schedule(SCHED, 3.0, 3.0),
              "linear 6 -> 0": lambda: guidance.weight_schedule(SCHED, 6.0, 0.0),
              "linear 0 -> 6": lambda: guidance.weight_schedule(SCHED, 0.0, 6.0),
@@ -38,21 +39,36 @@ def rule_eps(rule, w):
 
 
 def law(eps_fn, sample, steps, draws=0):
-    """'mean, var' of a sampler's output, exactly (T12); ``draws`` noise draws at most (DDPM: one per step)."""
+    """(mean, var) of a sampler's output, exactly (T12); ``draws`` noise draws at most (DDPM: one per step)."""
     draws = steps if sample == "ddpm" else draws
-    mean, var = theory.affine_output(SCHED, sample, eps_fn, steps=steps, max_draws=draws)
+    return theory.affine_output(SCHED, sample, eps_fn, steps=steps, max_draws=draws)
+
+
+def cell(mean_var):
+    """A table cell 'mean, var' of a law."""
+    mean, var = mean_var
     return f"{mean:.3f}, {var:.4g}"
 
 
-def rules_table():
-    """(T13): each rule at each w, its ODE limit, DDIM's laws at 50 and 1000 steps and DDPM's at 50 and 200."""
-    lines = ["| rule | `w` | ODE limit (T13) | DDIM, 50 | DDIM, 1000 | DDPM, 50 | DDPM, 200 |", "|---" * 7 + "|"]
+def rule_laws():
+    """(T13): {(rule, w): {"ODE": its ODE limit, (sampler, steps): its law for each of COLUMNS}}."""
+    laws = {}
     for rule in RULES:
         for w in WS:
             eps_fn, (mu_o, v_o) = rule_eps(rule, w)
-            mean, var = theory.ode_limit(MU, V, w, mu_o, v_o)
-            cells = [law(eps_fn, "ddim", k) for k in (50, 1000)] + [law(eps_fn, "ddpm", k) for k in (50, 200)]
-            lines.append(f"| {rule} | {w:g} | {mean:.3f}, {var:.4f} | " + " | ".join(cells) + " |")
+            laws[rule, w] = {"ODE": theory.ode_limit(MU, V, w, mu_o, v_o)}
+            laws[rule, w].update({c: law(eps_fn, *c) for c in COLUMNS})
+    return laws
+
+
+def rules_table(laws):
+    """(T13) from ``rule_laws()``: each rule at each w, its ODE limit, DDIM's laws at 50 and 1000 steps and
+    DDPM's at 50 and 200."""
+    lines = ["| rule | `w` | ODE limit (T13) | DDIM, 50 | DDIM, 1000 | DDPM, 50 | DDPM, 200 |", "|---" * 7 + "|"]
+    for (rule, w), row in laws.items():
+        mean, var = row["ODE"]
+        cells = " | ".join(cell(row[c]) for c in COLUMNS)
+        lines.append(f"| {rule} | {w:g} | {mean:.3f}, {var:.4f} | {cells} |")
     return "\n".join(lines)
 
 
@@ -62,7 +78,7 @@ def schedules_table():
     lines = ["| schedule of `w` | DDIM, 50 | DDPM, 50 |", "|---|---|---|"]
     for name, weight in SCHEDULES.items():
         eps_fn = guidance.scheduled_cfg(pair, 0, weight())
-        lines.append(f"| {name} | {law(eps_fn, 'ddim', 50)} | {law(eps_fn, 'ddpm', 50)} |")
+        lines.append(f"| {name} | {cell(law(eps_fn, 'ddim', 50))} | {cell(law(eps_fn, 'ddpm', 50))} |")
     return "\n".join(lines)
 
 
@@ -71,7 +87,7 @@ def cfg_pp_law(lam, steps, sampler):
     eps_fn, x0_fn = guidance.cfg_pp(theory.exact_pair(SCHED, MU, V), SCHED, 0, lam)
     run = {"ddim": lambda f, x, rng: ddim(f, SCHED, x, steps, x0_fn=x0_fn),
            "euler_ancestral": lambda f, x, rng: euler_ancestral(f, SCHED, x, steps, rng=rng, x0_fn=x0_fn)}[sampler]
-    return law(eps_fn, run, steps, steps if sampler == "euler_ancestral" else 0)
+    return cell(law(eps_fn, run, steps, steps if sampler == "euler_ancestral" else 0))
 
 
 def effective_weights(lam, steps):
@@ -94,7 +110,7 @@ def cfg_pp_table():
 
 
 def main():
-    print(rules_table(), schedules_table(), cfg_pp_table(), sep="\n\n")
+    print(rules_table(rule_laws()), schedules_table(), cfg_pp_table(), sep="\n\n")
 
 
 if __name__ == "__main__":

@@ -131,24 +131,43 @@ def test_affine_output_refuses_an_eps_fn_that_is_not_affine():
 
 
 # ---- (T14) CFG++ and the docs -------------------------------------------------------------------
-def test_T14_cfg_pp_guides_more_with_more_steps():
-    variances = [float(rule_laws.cfg_pp_law(0.6, k, "ddim").split(", ")[1]) for k in rule_laws.COUNTS]
+@pytest.fixture(scope="module")
+def laws():
+    """docs/rule_laws.py's (T13) laws, computed once: the docs' table and the prose's claims read the same numbers."""
+    return rule_laws.rule_laws()
+
+
+@pytest.fixture(scope="module")
+def tables(laws):
+    """The three tables of docs/rule_laws.py, computed once."""
+    return {"rules": rule_laws.rules_table(laws), "schedules": rule_laws.schedules_table(),
+            "cfg_pp": rule_laws.cfg_pp_table()}
+
+
+def test_T14_cfg_pp_guides_more_with_more_steps(tables):
+    # the cells of the (T14) table at lam = 0.6 over rule_laws.COUNTS: cfg_pp_law's and effective_weights'
+    rows = {}
+    for line in tables["cfg_pp"].splitlines()[2:]:
+        lam, sampler, *cells = (c.strip() for c in line.strip(" |").split("|"))
+        rows[lam, sampler] = cells
+    ddim_laws = [tuple(map(float, c.split(", "))) for c in rows["0.6", "ddim"]]
+    variances = [var for _, var in ddim_laws]
     assert all(a > b for a, b in zip(variances, variances[1:])), variances
     assert (round(variances[0], 2), round(variances[-1], 4)) == (0.28, 0.0009), variances
-    assert float(rule_laws.cfg_pp_law(0.6, 50, "ddim").split(", ")[0]) > theory.ode_limit(MU, V, 3.0)[0]
-    top = [float(rule_laws.effective_weights(0.6, k).split("-")[1]) for k in rule_laws.COUNTS]
+    assert ddim_laws[rule_laws.COUNTS.index(50)][0] > theory.ode_limit(MU, V, 3.0)[0]
+    top = [float(c.split("-")[1]) for c in rows["0.6", "DDIM's `1 + w_t` (G21)"]]
     assert all(a < b for a, b in zip(top, top[1:])), top
 
 
-def test_docs_tables_are_what_the_code_computes():
+def test_docs_tables_are_what_the_code_computes(tables):
     section = (DOCS / "theory.md").read_text()
-    for table in (rule_laws.rules_table(), rule_laws.schedules_table(), rule_laws.cfg_pp_table()):
+    for table in tables.values():
         assert table in section, table
 
 
-def test_docs_schedule_prose():
+def test_docs_schedule_prose(tables):
     rows = {line.split(" | ")[0].strip("| "): [tuple(map(float, c.split(", "))) for c in line.strip(" |").split(" | ")[1:]]
-            for line in rule_laws.schedules_table().splitlines()[2:]}
+            for line in tables["schedules"].splitlines()[2:]}
     for k in (0, 1):  # DDIM, DDPM: a weight large early keeps more variance, the reverse ramp less
         assert rows["cosine 6 -> 0"][k][1] > rows["linear 6 -> 0"][k][1] > rows["constant w = 3"][k][1] \
             > rows["linear 0 -> 6"][k][1]
@@ -156,15 +175,13 @@ def test_docs_schedule_prose():
     assert max(ddim_means) - min(ddim_means) < 0.15, ddim_means
 
 
-def test_docs_closed_case_prose():
-    # negative label of equal variance: the unguided variances of (T12); autoguidance: the mean off only by the start
-    two = GaussianMixture([1.0, 1.0], [[MU], [-1.0]], [[[V]], [[V]]]).eps_model(SCHED)
+def test_docs_closed_case_prose(laws):
+    # negative label of equal variance: the unguided variances of (T12); autoguidance: the mean off only by the
+    # start. Read off the laws of the table's rows (w = 1, 3) at 50 steps.
     unguided = {name: theory.sampler_output(SCHED, name, MU, V, 0.0, steps=50, max_draws=50)[1] for name in ("ddim", "ddpm")}
-    for w in (1.0, 3.0):
+    for w in rule_laws.WS:
         for name in ("ddim", "ddpm"):
-            got = theory.affine_output(SCHED, name, guidance.negative_prompt_guidance(two, 0, 1, w), steps=50, max_draws=50)
-            np.testing.assert_allclose(got[1], unguided[name], rtol=1e-9)
-        eps_fn, _ = rule_laws.rule_eps(rule_laws.RULES[2], w)
+            np.testing.assert_allclose(laws[rule_laws.RULES[1], w][name, 50][1], unguided[name], rtol=1e-9)
         for name, bound in (("ddpm", 1e-4), ("ddim", 0.005)):
-            assert abs(theory.affine_output(SCHED, name, eps_fn, steps=50, max_draws=50)[0] - MU) < bound
+            assert abs(laws[rule_laws.RULES[2], w][name, 50][0] - MU) < bound
     assert round(np.sqrt(SCHED.alpha_bar[SCHED.T]), 4) == 0.0064
