@@ -9,6 +9,7 @@ import numpy as np
 from autograd.tracer import getval
 
 DTYPES = {"float64": np.float64, "float32": np.float32}  # the precisions a model or a sampler may use
+REAL_KINDS = "iuf"  # numpy's dtype kinds of real numbers: signed and unsigned integers, floats (not bool "b")
 
 
 def as_points(x, name="x", dim=None):
@@ -22,13 +23,13 @@ def as_points(x, name="x", dim=None):
         as_points(getval(x), name, dim)
         return x
     arr = _asarray(x, name, "a numeric array of shape (N, D)")
-    if not is_real(arr):
+    if arr.dtype.kind not in REAL_KINDS:
         raise ValueError(f"{name} must be a numeric array of shape (N, D), got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"{name} must have shape (N, D), got shape {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name} must have D = {dim} columns, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype.kind != "f":
         arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite, got NaN or inf")
@@ -42,14 +43,15 @@ def as_int_batch(v, n, name, expected):
     ValueError naming ``name`` and ``expected``.
     """
     arr = _asarray(v, name, expected)
-    integral = np.issubdtype(arr.dtype, np.integer) or (
-        np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
-    if arr.dtype == bool or not integral:
+    kind = arr.dtype.kind
+    integral = kind in "iu" or (kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all())
+    if not integral:
         raise ValueError(f"{name} must be {expected}, got {arr if arr.ndim == 0 else arr.dtype}")
-    as_int64 = arr.astype(np.int64)
-    if not np.all(as_int64 == arr):  # a value beyond int64 would wrap around
-        raise ValueError(f"{name} must be {expected}, got a value outside the int64 range")
-    arr = as_int64
+    if arr.dtype != np.int64:
+        as_int64 = arr.astype(np.int64)
+        if not (as_int64 == arr).all():  # a value beyond int64 would wrap around
+            raise ValueError(f"{name} must be {expected}, got a value outside the int64 range")
+        arr = as_int64
     if arr.ndim == 0:
         arr = np.full(n, int(arr), dtype=np.int64)
     if arr.shape != (n,):
@@ -74,12 +76,14 @@ def as_times(t, n, T, name="t", low=1):
     [low, T]. A Python or numpy scalar is broadcast to every row.
     """
     arr = _asarray(t, name, f"a timestep in [{low}, {T}]")
-    if not is_real(arr):
+    if arr.dtype.kind in "iu":
+        return as_timesteps(arr, n, T, name, low)
+    if arr.dtype.kind != "f":
         raise ValueError(f"{name} must be a real or integer timestep in [{low}, {T}], got dtype {arr.dtype}")
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite, got NaN or inf")
-    if np.issubdtype(arr.dtype, np.integer) or np.all(arr == np.round(arr)):
-        return as_timesteps(t, n, T, name, low)
+    if (arr == np.round(arr)).all():
+        return as_timesteps(arr, n, T, name, low)
     arr = arr.astype(np.float64)
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
@@ -93,7 +97,7 @@ def as_times(t, n, T, name="t", low=1):
 
 def alpha_bar_of(sched, t):
     """sched.alpha_bar[t] for int64 t (bit-identical table lookup), sched.alpha_bar_at(t) for real t (eq. (S6))."""
-    return sched.alpha_bar[t] if np.issubdtype(t.dtype, np.integer) else sched.alpha_bar_at(t)
+    return sched.alpha_bar[t] if t.dtype.kind in "iu" else sched.alpha_bar_at(t)
 
 
 def as_count(n, name="n", low=0):
@@ -126,7 +130,7 @@ def is_real(value):
     """Whether ``np.asarray(value)`` holds real numbers: an integer or floating dtype, not bool, str,
     object or complex (``np.asarray("1", dtype=float)`` would quietly read a string as a number)."""
     try:
-        return np.asarray(value).dtype.kind in "iuf"
+        return np.asarray(value).dtype.kind in REAL_KINDS
     except (TypeError, ValueError):  # ragged
         return False
 

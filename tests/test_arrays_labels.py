@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refdiff.arrays import as_count, as_int_batch, as_points, as_timesteps, check_rng
+from refdiff.arrays import as_count, as_int_batch, as_points, as_times, as_timesteps, check_rng
 from refdiff.arrays import as_real, row_max
 from refdiff.labels import NULL_LABEL, as_labels
 from strategies import points, shapes
@@ -115,6 +115,27 @@ def test_as_timesteps_accepts_exactly_low_to_T(T, n, data):
             as_timesteps(bad, n, T, name="step", low=low)
         with pytest.raises(ValueError, match=f"step must be in {low}..{T}"):
             as_timesteps(np.concatenate([rows[:-1], [bad]]), n, T, name="step", low=low)
+
+
+INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+
+
+@given(st.integers(1, 2000), NS, st.sampled_from(INT_DTYPES + [np.float32, np.float64]), st.data())
+def test_as_times_reads_every_integer_dtype_and_whole_floats_as_timesteps(T, n, dtype, data):
+    # Integer and whole-valued input is a timestep (int64, exactly as_timesteps); other reals stay real.
+    t = np.array(data.draw(st.lists(st.integers(1, min(T, 127)), min_size=n, max_size=n)), dtype=dtype)
+    got = as_times(t, n, T)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, as_timesteps(t.astype(np.int64), n, T))
+    if T > 1:
+        real = np.full(n, 1.5)
+        assert as_times(real, n, T).dtype == np.float64 and as_times(1.5, n, T).shape == (n,)
+
+
+@pytest.mark.parametrize("bad", [True, np.ones(2, bool), "3", np.ones(2, complex), np.nan, [1.5, np.inf], 0.5, 1000.5])
+def test_as_times_errors_name_the_argument(bad):
+    with pytest.raises(ValueError, match=r"^t must be"):
+        as_times(bad, 2, 1000)
 
 
 @pytest.mark.parametrize("bad", [2.5, True, "3", np.nan, [1, 2, 3], None, 2**64 - 1])
