@@ -156,14 +156,17 @@ class GaussianMixture:
 
     def score(self, x, alpha_bar, y=None):
         """grad_x log q_t(x_t [| y]) = -sum_k r_k C_k^{-1} (x - sqrt(a) mu_k) (eq. (O2)); shape (N, D)."""
-        x, a, y = self._inputs(x, alpha_bar, y)
-        r, scaled = self._responsibilities(x, a, y)
+        r, scaled = self._responsibilities(*self._inputs(x, alpha_bar, y))
         return -self._back(r, scaled)
 
     def eps(self, x, alpha_bar, y=None):
-        """The optimal noise prediction eps*(x_t) = -sqrt(1 - a) * score (eq. (O3)); shape (N, D)."""
-        score = self.score(x, alpha_bar, y)  # validates the inputs
-        return -np.sqrt(1 - np.broadcast_to(alpha_bar, (score.shape[0],)))[:, None] * score
+        """The optimal noise prediction eps*(x_t) = -sqrt(1 - a) * score (eq. (O3)); shape (N, D).
+
+        With score = -sum_k U_k (r_k z_k / var_k) (``score``), eps = sqrt(1 - a) times that sum:
+        the two sign flips are exact, so this is the product of (O3) bit for bit."""
+        x, a, y = self._inputs(x, alpha_bar, y)
+        r, scaled = self._responsibilities(x, a, y)
+        return np.reshape(np.sqrt(1 - a), (-1, 1)) * self._back(r, scaled)
 
     def x0_mean(self, x, alpha_bar, y=None):
         """E[x_0 | x_t [, y]] from the components' Gaussian posteriors (eq. (O4)); shape (N, D).

@@ -209,6 +209,9 @@ def test_score_equals_autograd_gradient_of_log_prob_noised(q):
         assert_rows_close(gm.score(x, a, y), grad, score_tolerance(p, x, a), f"score at a={a}, y={y}")
         assert_rows_close(gm.eps(x, a, y), -np.sqrt(1 - a) * grad, score_tolerance(p, x, a),
                           f"eps = -sqrt(1 - a) score at a={a}, y={y}")
+        np.testing.assert_array_equal(gm.eps(x, a, y), -np.sqrt(1 - a) * gm.score(x, a, y))  # (O3), bit for bit
+    rows = np.resize(ALPHAS, len(x))  # one alpha_bar per row
+    np.testing.assert_array_equal(gm.eps(x, rows, y), -np.sqrt(1 - rows)[:, None] * gm.score(x, rows, y))
 
 
 @given(q=queries(), data=st.data())
