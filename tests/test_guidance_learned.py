@@ -63,7 +63,7 @@ def gaussians():
         x = ddim(eps_fn, SCHED, x_T, 50).astype(np.float64)
         return np.exp(MIX.log_classifier(x, 1.0))[np.arange(N_2D), target]
 
-    return {"fidelity": fidelity, "unguided": fidelity(classifier_free_guidance(den, target, 0.0)),
+    return {"fidelity": fidelity, "unguided": fidelity(lambda x, t: den(x, t, target)),  # CFG at w = 0, one branch
             "cfg": classifier_free_guidance(den, target, W),
             "classifier": classifier_guidance(den, clf, SCHED, target, 1.0 + W)}
 
@@ -115,7 +115,7 @@ def tiny_images():
         return (images.judge(x.astype(np.float64)) == target).astype(np.float64)
 
     return {"judged_right": judged_right,
-            "unguided": judged_right(classifier_free_guidance(den, target, 0.0)),
+            "unguided": judged_right(lambda x, t: den(x, t, target)),  # the conditional model: CFG at w = 0
             "cfg": classifier_free_guidance(den, target, W),
             "classifier": classifier_guidance(den, clf, SCHED, target, 1.0 + W)}
 
