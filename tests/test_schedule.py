@@ -409,6 +409,20 @@ def test_S6_t_of_sigma_with_or_without_the_newton_bracket_is_a_crossing_of_sigma
         assert (sched.sigma_at(found) >= sigma[~table]).all()
 
 
+@given(schedules(), seeds, st.sampled_from([1, 20, 65, 200]))
+def test_S6_t_of_sigma_finds_the_crossing_of_tiny_times(sched, seed, n):
+    # Below t = 1 the Newton bracket may fail, and the search starts from [0, 1]. For t ~ 1e-12
+    # that is ~90 halvings to t's resolution: a cap of 64 (an earlier version) stopped short and
+    # returned a t that was not a crossing. n = 1 and 20 take 32-way splits, 65 and 200 halvings.
+    t = 10 ** np.random.default_rng(seed).uniform(-15, 0, n)
+    sigma = sched.sigma_at(t)
+    found = sched.t_of_sigma(sigma)
+    table = np.isin(sigma, sched.sigma_at(np.arange(sched.T + 1)))  # these map to their integer
+    np.testing.assert_array_equal(found[table], np.round(found[table]))
+    assert (sched.sigma_at(np.nextafter(found[~table], 0)) < sigma[~table]).all()
+    assert (sched.sigma_at(found[~table]) >= sigma[~table]).all()
+
+
 @given(st.sampled_from(["linear", "cosine", "scaled_linear"]), st.integers(20, 1000), seeds)
 def test_S6_newton_start_is_within_the_bracket_of_t(kind, T, seed):
     # Six Newton steps on the monotone cubic from the chord's root reach u to within 1e-11 for
