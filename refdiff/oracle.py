@@ -20,7 +20,7 @@ from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
 from .arrays import (alpha_bar_of, as_count, as_int_batch, as_observation, as_points, as_real, as_times, check_rng,
-                     is_real, log_sum_exp)
+                     is_real, log_sum_exp, numpy_for)
 from .labels import NULL_LABEL, as_labels
 from .process import eps_to_prediction, q_sample, target_of
 
@@ -117,7 +117,8 @@ class GaussianMixture:
         mu_k, C_k) of shape (K, N) and z / var, the coordinates of C_k^{-1} (x - sqrt(a) mu_k), (K D, N).
         """
         var = a * self._lam_all + (1 - a)
-        z = anp.dot(self._U_all.T, anp.transpose(x)) - np.sqrt(a) * self._mean_all
+        xp = numpy_for(x)
+        z = xp.dot(self._U_all.T, xp.transpose(x)) - np.sqrt(a) * self._mean_all
         scaled = z / var
         log_n = -0.5 * (self._per_component(z * scaled) + self._per_component(np.log(var)) + self.dim * LOG_2PI)
         return log_n, scaled
@@ -125,12 +126,13 @@ class GaussianMixture:
     def _per_component(self, values):
         """sum over each component's D rows of values (K D, N), shape (K, N): one product with the
         components' block indicator."""
-        return anp.dot(self._blocks.T, values)
+        return numpy_for(values).dot(self._blocks.T, values)
 
     def _back(self, weights, scaled):
         """sum_k U_k (w_k scaled_k) for per-component weights w (K, N) and coordinates scaled (K D, N):
         one product with [U_1 ... U_K], returned as (N, D)."""
-        return anp.dot(anp.transpose(anp.dot(self._blocks, weights) * scaled), self._U_all.T)
+        xp = numpy_for(weights, scaled)
+        return xp.dot(xp.transpose(xp.dot(self._blocks, weights) * scaled), self._U_all.T)
 
     def _responsibilities(self, x, a, y):
         """p(component k | x_t, y), shape (K, N), with the components' z / var for reuse."""
