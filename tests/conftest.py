@@ -8,6 +8,8 @@ and draws 50 examples per property so that the suite stays within its ten minute
 ``--hypothesis-profile=ci``, and run the test files in two processes, one per core, with
 ``--jobs 2`` (tests/workers.py, whose hooks are loaded here).
 """
+import gc
+
 from hypothesis import HealthCheck, settings
 
 from refdiff import runtime
@@ -21,3 +23,10 @@ settings.register_profile("ci", derandomize=True, max_examples=50, deadline=None
                           suppress_health_check=[HealthCheck.too_slow], print_blob=True)
 settings.register_profile("dev", max_examples=100, deadline=None, print_blob=True)
 settings.load_profile("dev")
+
+
+def pytest_collection_finish(session):
+    """Move everything alive after collection (modules, test items, strategies) out of the garbage
+    collector's reach: it lives until the run ends, and each full collection would scan it again.
+    Measured on test_oracle, test_guidance, test_schedule and test_process: 2.6-2.9 s of GC -> 1.2-1.3 s."""
+    gc.freeze()
