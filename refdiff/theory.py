@@ -54,7 +54,12 @@ def cfg_eps_coefficients(a, mu, v, w):
     if not is_real(a) or not np.all((np.asarray(a) >= 0) & (np.asarray(a) <= 1)):
         raise ValueError(f"a must be a number or an array of numbers in [0, 1] (alpha_bar_t), got {a!r}")
     _check_pair(mu, v, w)
-    a = np.asarray(a, dtype=np.float64)
+    return _cfg_eps(np.asarray(a, dtype=np.float64), mu, v, w)
+
+
+def _cfg_eps(a, mu, v, w):
+    """(e1, e0) of ``cfg_eps_coefficients`` (T1) on checked arguments: the exact recursions below
+    call it at every step of a chain, where checking a table's alpha_bar again would cost more."""
     s = np.sqrt(1 - a)
     var_y = a * v + 1 - a
     return s * ((1 + w) / var_y - w), -s * (1 + w) * np.sqrt(a) * mu / var_y
@@ -82,7 +87,7 @@ def ddim_output(sched, ts, mu, v, w, eta=0.0):
     for t, t_prev in zip(ts, np.append(ts[1:], 0)):
         a, ap = sched.alpha_bar[t], sched.alpha_bar[t_prev]
         sigma2 = eta ** 2 * (1 - ap) / (1 - a) * (1 - a / ap)
-        e1, e0 = cfg_eps_coefficients(a, mu, v, w)
+        e1, e0 = _cfg_eps(a, mu, v, w)
         c = np.sqrt(1 - ap - sigma2)
         # x' = sqrt(ap) (x - sqrt(1 - a) eps) / sqrt(a) + c eps + sigma z,  eps = e1 x + e0
         A = np.sqrt(ap / a) * (1 - np.sqrt(1 - a) * e1) + c * e1
@@ -107,11 +112,11 @@ def ddpm_output(sched, ts, mu, v, w, variance="beta_tilde", mean_shift=False):
     mean, var = 0.0, 1.0
     for j in range(sub.T, 0, -1):
         a, beta = sub.alpha_bar[j], sub.betas[j]
-        e1, e0 = cfg_eps_coefficients(a, mu, v, -1.0 if mean_shift else w)
+        e1, e0 = _cfg_eps(a, mu, v, -1.0 if mean_shift else w)
         A = (1 - beta / np.sqrt(1 - a) * e1) / np.sqrt(1 - beta)
         B = -beta / np.sqrt(1 - a) * e0 / np.sqrt(1 - beta)
         if mean_shift:
-            (c1, c0), (u1, u0) = cfg_eps_coefficients(a, mu, v, 0.0), (e1, e0)
+            (c1, c0), (u1, u0) = _cfg_eps(a, mu, v, 0.0), (e1, e0)
             A, B = A - var_table[j] * (1 + w) * (c1 - u1) / np.sqrt(1 - a), B - var_table[j] * (1 + w) * (c0 - u0) / np.sqrt(1 - a)
         mean, var = A * mean + B, A ** 2 * var + (var_table[j] if j > 1 else 0.0)
     return float(mean), float(var)
@@ -137,7 +142,7 @@ def sampler_output(sched, sample, mu, v, w, steps=None, max_draws=None):
     _check_pair(mu, v, w)
 
     def eps_fn(x, t):
-        e1, e0 = cfg_eps_coefficients(alpha_bar_of(sched, t)[:, None], mu, v, w)
+        e1, e0 = _cfg_eps(alpha_bar_of(sched, t)[:, None], mu, v, w)
         return e1 * x + e0
     return affine_output(sched, sample, eps_fn, steps, max_draws)
 

@@ -155,7 +155,7 @@ def noise_std_equal_to_variance(table, t, like):
 
 # (label, mutation, where, name, replacement). samplers imports p_mean and eps_to_x0 by name, so
 # the sampler mutations replace samplers' own references.
-CFG_COEFFICIENTS, SDE_LIMIT = theory.cfg_eps_coefficients, theory.sde_limit
+CFG_COEFFICIENTS, SDE_LIMIT = theory._cfg_eps, theory.sde_limit  # (T1) itself, under the public check
 
 
 def cfg_coefficients_with_w_plus_a_tenth(a, mu, v, w):
@@ -192,7 +192,7 @@ MUTATIONS = [
      classifier_guidance_with_sqrt_beta),
     ("G13", "CLIP guidance with the sign of its gradient flipped", guidance, "clip_guidance",
      clip_guidance_with_the_sign_flipped),
-    ("T2/T3", "(T1) with w + 0.1 for w", theory, "cfg_eps_coefficients", cfg_coefficients_with_w_plus_a_tenth),
+    ("T2/T3", "(T1) with w + 0.1 for w", theory, "_cfg_eps", cfg_coefficients_with_w_plus_a_tenth),
     ("T5/T6", "(T6) variance over 2 + 2w for 1 + 2w", theory, "sde_limit", sde_variance_without_the_1_plus_2w),
 ]
 
