@@ -15,7 +15,7 @@ REAL_KINDS = "iuf"  # numpy's dtype kinds of real numbers: signed and unsigned i
 def numpy_for(*values):
     """autograd.numpy where any of ``values`` is an autograd box (a gradient is being traced through
     it), else plain numpy: autograd's wrapper costs a few microseconds a call even on plain arrays,
-    a fifth of an oracle eps call at 64 points (docs/learned.md, "Speed")."""
+    11-13% of an oracle eps call at 64 points (docs/learned.md, "Speed")."""
     return anp if any(isbox(v) for v in values) else np
 
 
