@@ -9,7 +9,8 @@ import numpy as np
 from autograd.tracer import getval, isbox
 
 DTYPES = {"float64": np.float64, "float32": np.float32}  # the precisions a model or a sampler may use
-REAL_KINDS = "iuf"  # numpy's dtype kinds of real numbers: signed and unsigned integers, floats (not bool "b")
+INT_KINDS = "iu"  # numpy's dtype kinds of integers, signed and unsigned (not bool, "b")
+REAL_KINDS = INT_KINDS + "f"  # and of real numbers: integers and floats
 
 
 def numpy_for(*values):
@@ -51,7 +52,7 @@ def as_int_batch(v, n, name, expected):
     """
     arr = _asarray(v, name, expected)
     kind = arr.dtype.kind
-    integral = kind in "iu" or (kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all())
+    integral = kind in INT_KINDS or (kind == "f" and np.isfinite(arr).all() and (arr == np.round(arr)).all())
     if not integral:
         raise ValueError(f"{name} must be {expected}, got {arr if arr.ndim == 0 else arr.dtype}")
     if arr.dtype != np.int64:
@@ -83,7 +84,7 @@ def as_times(t, n, T, name="t", low=1):
     [low, T]. A Python or numpy scalar is broadcast to every row.
     """
     arr = _asarray(t, name, f"a timestep in [{low}, {T}]")
-    if arr.dtype.kind in "iu":
+    if arr.dtype.kind in INT_KINDS:
         return as_timesteps(arr, n, T, name, low)
     if arr.dtype.kind != "f":
         raise ValueError(f"{name} must be a real or integer timestep in [{low}, {T}], got dtype {arr.dtype}")
@@ -104,7 +105,7 @@ def as_times(t, n, T, name="t", low=1):
 
 def alpha_bar_of(sched, t):
     """sched.alpha_bar[t] for int64 t (bit-identical table lookup), sched.alpha_bar_at(t) for real t (eq. (S6))."""
-    return sched.alpha_bar[t] if t.dtype.kind in "iu" else sched.alpha_bar_at(t)
+    return sched.alpha_bar[t] if t.dtype.kind in INT_KINDS else sched.alpha_bar_at(t)
 
 
 def as_count(n, name="n", low=0):

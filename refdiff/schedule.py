@@ -321,7 +321,8 @@ def _diffusers_config(config):
     return config
 
 
-_SPLITS = 32  # t_of_sigma's points per bracket and step for up to 64 sigmas: 5 bits of t for ~one step's cost
+_SPLITS = 32  # t_of_sigma's points per bracket and step for up to _SPLIT_ROWS sigmas: 5 bits of t for ~one step's cost
+_SPLIT_ROWS = 64  # beyond this many sigmas, 31 points per row cost more than the steps they save: halve instead
 
 
 def _log_alpha_bar_cubics(alpha_bar):
@@ -354,11 +355,11 @@ def _on_segment(segments, t):
 
 def _split(lo, hi, below):
     """One step of ``Schedule.t_of_sigma``'s search: the points lo + (hi - lo) j / m, j = 1..m - 1
-    (m = ``_SPLITS``, 2 beyond 64 rows), and the neighbouring pair (lo', hi') of [lo, points, hi]
+    (m = ``_SPLITS``, 2 beyond ``_SPLIT_ROWS`` rows), and the neighbouring pair (lo', hi') of [lo, points, hi]
     where ``below`` first turns False (taken as True at lo and False at hi), so that sigma(lo') <
     sigma <= sigma(hi') holds again. The bracket shrinks to about 1 / m of its width (bisection
     when m = 2), and never stalls: the point j = m / 2 lies strictly inside wherever a float does."""
-    m = _SPLITS if lo.size <= 64 else 2
+    m = _SPLITS if lo.size <= _SPLIT_ROWS else 2
     ends = np.concatenate([lo[:, None], lo[:, None] + (hi - lo)[:, None] * (np.arange(1, m) / m), hi[:, None]], axis=1)
     inner = below(ends[:, 1:-1])
     first = np.argmin(np.concatenate([inner, np.zeros((lo.size, 1), dtype=bool)], axis=1), axis=1) + 1
