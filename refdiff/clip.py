@@ -143,8 +143,12 @@ def text_features(params, config, bag):
 
 
 def logit_scale(params):
-    """log of the inverse temperature, clipped at log 100 (Radford et al. 2021, Sec. 2.5)."""
-    return anp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)
+    """log of the inverse temperature, clipped at log 100 (Radford et al. 2021, Sec. 2.5).
+
+    Its derivative is 1 below log 100 and 0 from log 100 up, in the parameter's dtype (autograd's
+    derivative of np.minimum is float64 whatever its inputs, and 1/2 at the tie).
+    """
+    return anp.clip(params["logit_scale"], -np.inf, MAX_LOGIT_SCALE)
 
 
 def info_nce(logits):

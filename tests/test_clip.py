@@ -179,6 +179,12 @@ def test_logit_scale_init_clip_and_temperature():
         params["logit_scale"] = np.array(raw)
         assert abs(Clip(params, TINY).temperature - tau) <= 4 * EPS64 * tau, (raw, tau)
         assert float(clip.logit_scale(params)) == min(raw, math.log(100.0))
+    # Its derivative: 1 below log 100 and 0 from log 100 up, in the parameter's dtype (a float64
+    # derivative of a float32 parameter was the leak that np.minimum's gave).
+    for dtype in (np.float32, np.float64):
+        for raw, slope in [(1.0, 1.0), (math.log(100.0), 0.0), (math.log(100.0) + 2.0, 0.0)]:
+            d = grad(lambda s: clip.logit_scale({"logit_scale": s}))(np.array(raw, dtype))
+            assert d.dtype == dtype and d == slope, (dtype, raw, d)
 
 
 def test_loss_gradient_in_logit_scale_is_sum_of_dl_ds_times_s():
