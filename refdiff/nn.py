@@ -210,10 +210,17 @@ def mlp_shapes(in_features, hidden, depth, out_features, prefix=""):
     return shapes
 
 
+@primitive
 def subnet(params, prefix):
     """The parameters of one network of several in one flat dict: the names that start with
-    ``prefix`` ("image/"), with the prefix removed. Works on autograd's boxes too."""
+    ``prefix`` ("image/"), with the prefix removed. On a dict autograd traces as a whole, one
+    primitive, whose derivative puts the sub-dict's gradient back under the prefixed names (zeros
+    for the others), so the network sees a whole traced dict too (``network_output``)."""
     return {name[len(prefix):]: value for name, value in params.items() if name.startswith(prefix)}
+
+
+defvjp(subnet, lambda ans, params, prefix: lambda g: {
+    name: g[name[len(prefix):]] if name.startswith(prefix) else np.zeros_like(value) for name, value in params.items()})
 
 
 def init_params(config, rng):
@@ -248,12 +255,48 @@ def mlp(params, x, cond, depth):
     sigmoids the backward pass needs are kept from the forward pass (docs/learned.md, "Speed").
     """
     h = x if cond is None else anp.concatenate([x, cond], axis=1)
-    return mlp_apply(h, [params[f"{kind}{i}"] for i in range(depth) for kind in "Wb"] + [params["W_out"], params["b_out"]])
+    names = [f"{kind}{i}" for i in range(depth) for kind in "Wb"] + ["W_out", "b_out"]
+    return network_output(mlp_output, mlp_trace, mlp_backward, (h,), params, names)
 
 
-def mlp_apply(h, weights):
-    """The MLP (L2) with weights [W_0, b_0, ..., W_out, b_out] on h, as the primitive ``mlp_output``."""
-    return mlp_output(h, *weights, trace=mlp_trace(getval(h), [getval(w) for w in weights]))
+def network_output(output, trace, backward, inputs, params, names):
+    """The network primitive ``output`` (``mlp_output``, ``resnet_output``) on ``inputs`` and the
+    weights params[name] for ``names``, its forward pass run once by ``trace`` on plain arrays.
+
+    When autograd traces params as a whole dict (``train.fit``) and not the inputs, the output
+    reaches it through ``whole_params_output``, whose derivative is the whole dict's gradient from
+    one call of ``backward``. Otherwise each weight is an argument of ``output`` and ``backward``
+    computes only the gradients asked for. The two give the same arrays bit for bit.
+    """
+    values = getval(params)
+    weights = [getval(values[name]) for name in names]
+    kept = trace(*[getval(i) for i in inputs], weights)
+    if isbox(params) and not any(isbox(i) for i in inputs):
+        return whole_params_output(params, names, inputs, backward, kept, output(*inputs, *weights, trace=kept))
+    return output(*inputs, *[params[name] for name in names], trace=kept)
+
+
+@primitive
+def whole_params_output(params, names, inputs, backward, trace, out):
+    """``out``, the output of a network primitive whose forward pass is ``trace``, as a function of
+    the dict params as a whole. Autograd takes a traced dict's entries one primitive each, and
+    each entry's gradient is then added into a dict of all of them, a cost that grows with the
+    square of the number of entries; this primitive's derivative is the dict itself, and the
+    named budgets' training steps are 4-18% shorter for it (docs/learned.md, "Speed")."""
+    return out
+
+
+def whole_params_backward(g, params, names, inputs, backward, trace):
+    """The gradient of sum(g * out) with respect to the dict params: ``backward`` for every weight in
+    ``names`` (the inputs come first in its argument numbers), and zeros for any other entry."""
+    first = len(inputs)  # the first weight's argument number
+    got = backward(g, trace, (*inputs, *[params[name] for name in names]), tuple(range(first, first + len(names))))
+    grads = dict(zip(names, got))
+    return {name: grads[name] if name in grads else np.zeros_like(value) for name, value in params.items()}
+
+
+defvjp(whole_params_output, lambda ans, params, names, inputs, backward, trace, out:
+       lambda g: whole_params_backward(g, params, names, inputs, backward, trace))
 
 
 def mlp_trace(h, weights):
@@ -325,8 +368,7 @@ def resnet(params, x, cond, depth):
     (``resnet_trace``) and ``resnet_backward`` is its derivative, so a training step records no
     per-layer operation (docs/learned.md, "Speed").
     """
-    weights = [params[name] for name in resnet_names(depth)]
-    return resnet_output(x, cond, *weights, trace=resnet_trace(getval(x), getval(cond), [getval(w) for w in weights]))
+    return network_output(resnet_output, resnet_trace, resnet_backward, (x, cond), params, resnet_names(depth))
 
 
 def resnet_names(depth):

@@ -4,8 +4,9 @@
    output against a plain-numpy forward pass written here; its gradients against the same network
    chained from the per-layer primitives ``nn.dense`` and ``nn.silu`` and against a plain-numpy
    backward pass written here; ``check_grads``; gradients with respect to a subset of the
-   arguments (the early stop of ``mlp_backward``); second derivatives refused; float32 in,
-   float32 out.
+   arguments (the early stop of ``mlp_backward``) and to the whole parameter dict (the path
+   ``train.fit`` takes, and ``subnet``'s for two networks in one dict); second derivatives
+   refused; float32 in, float32 out.
 2. ``nn.sigmoid`` against 1 / (1 + exp(-h)) and ``nn.silu_derivative`` against its formula and a
    central difference, over |h| up to 1e4 and subnormals, in float32 and float64.
 3. ``nn.in_chunks`` with a small CHUNK_ROWS: rows and per-row arguments split together, the
@@ -277,6 +278,56 @@ def test_mlp_gradient_of_a_subset_equals_full_gradient_entries(depth, with_cond,
         # further down: equal bit for bit.
         want = full_x if name == "x" else full_p[name]
         assert np.array_equal(g, want), (name, g, want)
+
+
+def spy_on_whole_params(monkeypatch):
+    """A list to which every call of nn.whole_params_backward (the traced-dict path) appends the names."""
+    seen, backward = [], nn.whole_params_backward
+    monkeypatch.setattr(nn, "whole_params_backward", lambda g, params, names, *rest:
+                        seen.append(list(names)) or backward(g, params, names, *rest))
+    return seen
+
+
+@given(mlp_cases())
+def test_mlp_gradient_of_the_whole_traced_dict_is_the_per_weight_gradient(case):
+    """train.fit traces the parameters as one dict and not x: ``network_output`` then goes through
+    ``whole_params_output``, one mlp_backward for every weight, which must give the arrays of the
+    per-weight path (x traced too, in full_gradients) bit for bit, and zeros of its dtype for an
+    entry the network does not use."""
+    want, _ = full_gradients(nn.mlp, case)
+    params = {**case.params, "unused": np.ones((2, 3), case.dtype)}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        seen = spy_on_whole_params(monkeypatch)
+        got = autograd.grad(lambda p: anp.sum(case.G * nn.mlp(p, case.x, case.cond, case.depth)))(params)
+    assert len(seen) == 1 and set(seen[0]) == set(case.params), seen  # the traced-dict path, every weight
+    assert set(got) == set(params)
+    for name in case.params:
+        assert got[name].dtype == np.dtype(case.dtype) and np.array_equal(got[name], want[name]), name
+    assert got["unused"].dtype == np.dtype(case.dtype) and not got["unused"].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subnet_of_a_traced_dict_gives_each_network_its_gradients(dtype, monkeypatch):
+    """Two networks and a scalar in one dict (as in CLIP and the autoencoder): through ``subnet``'s
+    primitive each network sees a whole traced dict, and the gradients are the arrays that taking
+    the entries one by one gives, in their dtype."""
+    a, b = fixed_case(2, True, dtype, seed=3), fixed_case(1, False, dtype, seed=4)
+    params = {**{f"a/{k}": v for k, v in a.params.items()}, **{f"b/{k}": v for k, v in b.params.items()},
+              "s": np.array(0.7, dtype)}
+
+    def loss(p, take):
+        out_a = nn.mlp(take(p, "a/"), a.x, a.cond, a.depth)
+        return anp.sum(a.G * out_a) + p["s"] * anp.sum(b.G * nn.mlp(take(p, "b/"), b.x, None, b.depth))
+
+    one_by_one = lambda p, prefix: {k[len(prefix):]: p[k] for k in p if k.startswith(prefix)}  # plain dict of boxes
+    want = autograd.grad(loss)(params, one_by_one)
+    seen = spy_on_whole_params(monkeypatch)
+    got = autograd.grad(loss)(params, nn.subnet)
+    assert len(seen) == 2, seen  # each network took the traced-dict path
+    assert set(got) == set(params)
+    for name in params:
+        assert got[name].dtype == np.dtype(dtype) and np.array_equal(got[name], want[name]), name
+    assert nn.subnet(params, "b/").keys() == b.params.keys()  # plain arrays in, plain dict out
 
 
 def second_order_cases(c, depth):

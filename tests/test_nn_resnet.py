@@ -5,8 +5,8 @@ The reference is the same network chained from the per-layer primitives ``nn.den
 ``nn.silu``, which autograd differentiates layer by layer. ``resnet_backward`` does the same
 floating-point operations in the same order (the chain rule from the output down, the residual
 and the block's gradient added once), so outputs and gradients agree bit for bit; then
-``check_grads`` (finite differences), gradients of a subset of the arguments, second derivatives
-refused, and float32 in, float32 out.
+``check_grads`` (finite differences), gradients of a subset of the arguments and of the whole
+parameter dict, second derivatives refused, and float32 in, float32 out.
 """
 import warnings
 from types import SimpleNamespace
@@ -65,6 +65,22 @@ def test_resnet_output_and_gradients_equal_the_per_layer_chain_bit_for_bit(c):
     for name in nn.resnet_names(c.depth):
         assert got_p[name].dtype == np.dtype(c.dtype) and np.array_equal(got_p[name], want_p[name]), name
     assert np.array_equal(got_x, want_x) and np.array_equal(got_c, want_c)
+
+
+@given(cases())
+def test_resnet_gradient_of_the_whole_traced_dict_is_the_per_weight_gradient(c):
+    """The parameters traced as one dict and x and cond not (train.fit): ``whole_params_output``'s
+    one resnet_backward gives the per-weight path's arrays (x and cond traced too) bit for bit."""
+    want, _, _ = gradients(nn.resnet, c)
+    seen, backward = [], nn.whole_params_backward
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(nn, "whole_params_backward", lambda g, params, names, *rest:
+                            seen.append(names) or backward(g, params, names, *rest))
+        got = autograd.grad(lambda p: anp.sum(c.G * nn.resnet(p, c.x, c.cond, c.depth)))(c.params)
+    assert seen == [nn.resnet_names(c.depth)], seen  # the traced-dict path, every weight
+    assert set(got) == set(c.params)
+    for name in c.params:
+        assert got[name].dtype == np.dtype(c.dtype) and np.array_equal(got[name], want[name]), name
 
 
 @pytest.mark.parametrize("depth", [1, 3])
