@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import autograd.numpy as anp
 import numpy as np
-from autograd.scipy.special import logsumexp
+from autograd.extend import defvjp, primitive
+from autograd.tracer import getval, isbox
+from scipy.special import logsumexp
 
 from .arrays import DTYPES, as_count, as_points, as_real, as_times, check_rng
 from .labels import tokenize
@@ -156,10 +158,34 @@ def info_nce(logits):
 
     L = (1 / 2N) sum_n [logsumexp_m S_nm - S_nn] + (1 / 2N) sum_m [logsumexp_n S_nm - S_mm]:
     cross-entropy of each image against the N captions and of each caption against the N images
-    (Radford et al. 2021, Fig. 3).
+    (Radford et al. 2021, Fig. 3). One autograd primitive, differentiated by ``info_nce_backward``.
     """
-    diag = anp.sum(anp.eye(logits.shape[0], dtype=logits.dtype) * logits, axis=1)
-    return 0.5 * (mean(logsumexp(logits, axis=1) - diag) + mean(logsumexp(logits, axis=0) - diag))
+    plain = getval(logits)
+    return info_nce_output(logits, rows=logsumexp(plain, axis=1), columns=logsumexp(plain, axis=0))
+
+
+@primitive
+def info_nce_output(logits, rows, columns):
+    """(CL2) from the logits and their log-sum-exps along rows (axis 1) and columns (axis 0)."""
+    diag = np.diagonal(logits)
+    return 0.5 * (mean(rows - diag) + mean(columns - diag))
+
+
+def info_nce_backward(g, logits, rows, columns):
+    """g dL/dS of (CL2): g ((P_row - I) / 2N + (P_col - I) / 2N), P = exp(S - logsumexp) along rows
+    and along columns. The terms are formed and added in the order autograd's chain through the
+    formula of (CL2) takes, the columns' and the diagonal's first, so the gradient is the same bit
+    for bit (docs/learned.md, "Speed"). First derivatives only."""
+    if isbox(g) or isbox(logits):  # an outer autograd trace wants derivatives of this VJP
+        raise NotImplementedError("info_nce has no second derivatives (its VJP is plain NumPy)")
+    c = 0.5 * g / logits.shape[0]
+    grad = c * np.exp(logits - columns[None, :])
+    grad[np.diag_indices_from(grad)] -= 2 * c
+    grad += c * np.exp(logits - rows[:, None])
+    return grad
+
+
+defvjp(info_nce_output, lambda ans, logits, rows, columns: lambda g: info_nce_backward(g, logits, rows, columns))
 
 
 def clip_loss(params, config, x, t, bag):

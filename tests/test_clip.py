@@ -11,14 +11,15 @@ import math
 import autograd.numpy as anp
 import numpy as np
 import pytest
-from autograd import grad
+from autograd import grad, value_and_grad
+from autograd.scipy.special import logsumexp as traced_logsumexp
 from hypothesis import given, strategies as st
 from scipy.special import expit
 
 import toy_data
 from refdiff import clip
 from refdiff.clip import Clip, ClipConfig
-from refdiff.nn import classifier_forward
+from refdiff.nn import classifier_forward, mean
 from refdiff.schedule import Schedule
 from toy_data import captions, images
 from toy_data.captions import VOCAB as IMAGE_VOCAB
@@ -109,6 +110,30 @@ def test_info_nce_gradient_is_the_closed_form(n, seed, spread):
     want = (softmax(s, 1) - eye) / (2 * n) + (softmax(s, 0) - eye) / (2 * n)
     # A softmax entry p = exp(S - lse) carries the relative error of its argument, ~ ulps of max|S|.
     assert_bounded(grad(clip.info_nce)(s), want, OPS * EPS64 * (np.abs(s).max() + 1) / n, "dL/dS")
+
+
+def info_nce_chain(s):
+    """(CL2) as autograd differentiates its formula operation by operation (clip.info_nce before it
+    became one primitive): the diagonal as a masked row sum, autograd's logsumexp, nn.mean."""
+    diag = anp.sum(anp.eye(s.shape[0], dtype=s.dtype) * s, axis=1)
+    return 0.5 * (mean(traced_logsumexp(s, axis=1) - diag) + mean(traced_logsumexp(s, axis=0) - diag))
+
+
+@given(st.integers(1, 300), seeds, st.floats(-2.0, 2.0), st.sampled_from(["float32", "float64"]))
+def test_info_nce_value_and_gradient_are_the_chains_bit_for_bit(n, seed, log_spread, dtype):
+    # The primitive forms the terms of (CL2)'s gradient in the chain's order, so a training step
+    # is the same bit for bit (the columns' term and the diagonal first: another order differs
+    # in the last bit of some diagonal entries).
+    s = (10.0 ** log_spread * np.random.default_rng(seed).standard_normal((n, n))).astype(dtype)
+    (value, got), (want_value, want) = value_and_grad(clip.info_nce)(s), value_and_grad(info_nce_chain)(s)
+    assert value == want_value and np.asarray(value).dtype == np.asarray(want_value).dtype == np.dtype(dtype)
+    assert got.dtype == want.dtype == np.dtype(dtype) and np.array_equal(got, want)
+
+
+def test_info_nce_refuses_second_derivatives():
+    s = np.random.default_rng(0).standard_normal((4, 4))
+    with pytest.raises(NotImplementedError, match="second derivatives"):
+        grad(lambda v: anp.sum(grad(clip.info_nce)(v) ** 2))(s)
 
 
 @given(st.integers(1, 12), st.floats(-50.0, 50.0))
