@@ -282,7 +282,7 @@ def whole_params_output(params, names, inputs, backward, trace, out):
     the dict params as a whole. Autograd takes a traced dict's entries one primitive each, and
     each entry's gradient is then added into a dict of all of them, a cost that grows with the
     square of the number of entries; this primitive's derivative is the dict itself, and the
-    named budgets' training steps are 4-18% shorter for it (docs/learned.md, "Speed")."""
+    named budgets' training steps are 3-18% shorter for it (docs/learned.md, "Speed")."""
     return out
 
 
