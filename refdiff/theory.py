@@ -25,13 +25,19 @@ def _check_pair(mu, v, w):
 
 def exact_pair(sched, mu, v):
     """The exact denoiser of the pair: ``eps_model(x, t, y=None)`` with x of shape (N, 1), the oracle
-    of p(x) = N(0, 1) for y = None or NULL_LABEL rows and of p(x | y) = N(mu, v) for the others."""
+    of p(x) = N(0, 1) for y = None or NULL_LABEL rows and of p(x | y) = N(mu, v) for the others.
+
+    A batch of one kind (every row null, or none) asks only its own oracle: a row's eps does not
+    depend on the other rows, so the bits are those of both oracles with the other's dropped.
+    """
     _check_pair(mu, v, 0.0)
     prior = GaussianMixture([1.0], [[0.0]], [[[1.0]]]).eps_model(sched)
     cond = GaussianMixture([1.0], [[mu]], [[[v]]]).eps_model(sched)
 
     def eps_model(x, t, y=None):
         null = np.ones(len(x), bool) if y is None else np.broadcast_to(np.asarray(y) == NULL_LABEL, (len(x),))
+        if null.all() or not null.any():
+            return (prior if null.all() else cond)(x, t)
         return np.where(null[:, None], prior(x, t), cond(x, t))
     return eps_model
 

@@ -28,6 +28,9 @@ def test_exact_pair_is_the_prior_for_null_rows_and_the_conditional_otherwise():
     np.testing.assert_allclose(model(x, t), prior, rtol=1e-12, atol=1e-15)
     y = np.array([0, -1, 0, -1, 0, 0, -1])
     np.testing.assert_allclose(model(x, t, y), np.where(y[:, None] == -1, prior, cond), rtol=1e-12, atol=1e-15)
+    # a batch of one kind asks only its own oracle: the same bits as those rows of a mixed batch
+    np.testing.assert_array_equal(model(x, t, 0)[y != -1], model(x, t, y)[y != -1])
+    np.testing.assert_array_equal(model(x, t)[y == -1], model(x, t, y)[y == -1])
 
 
 @given(st.integers(1, 1000), st.floats(-3, 3), st.floats(0.05, 4), st.floats(-1, 10))
