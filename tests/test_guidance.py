@@ -13,14 +13,14 @@ checked against the formulas evaluated by hand; tests/test_guidance_learned.py t
 import autograd.numpy as anp
 import numpy as np
 import pytest
-from autograd import elementwise_grad
+from autograd import elementwise_grad, grad
 from hypothesis import assume, given, strategies as st
 from scipy.special import log_softmax
 
 import toy_data
-from refdiff import process
-from refdiff.guidance import (cfg_rule, classifier_free_guidance, classifier_grad, classifier_guidance,
-                              interval_cfg, rescaled_cfg, w_from_guidance_scale)
+from refdiff import nn, process
+from refdiff.guidance import (_sum_log_softmax_at, cfg_rule, classifier_free_guidance, classifier_grad,
+                              classifier_guidance, interval_cfg, rescaled_cfg, w_from_guidance_scale)
 from refdiff.metrics import two_sample_test
 from refdiff.nn import Classifier, Denoiser, MLPConfig, init_params
 from refdiff.samplers import ddim, ddpm
@@ -153,6 +153,35 @@ def test_G2_classifier_grad_is_the_gradient_of_the_log_probability_of_y():
         step[d] = h
         lp = [log_softmax(logits(x + sign * step, t), axis=1)[np.arange(20), y] for sign in (1, -1)]
         np.testing.assert_allclose(g[:, d], 2.5 * (lp[0] - lp[1]) / (2 * h), rtol=1e-6, atol=1e-6)
+
+
+def _traced_sum_log_softmax_at(logits, labels):
+    """sum_n log softmax(logits_n)[labels_n] traced by autograd through nn.log_softmax: the chain
+    that guidance's primitive _sum_log_softmax_at stands for."""
+    return anp.sum(nn.log_softmax(logits)[np.arange(len(labels)), labels])
+
+
+@given(seeds, st.integers(1, 40), st.integers(1, 5), st.sampled_from(["float64", "float32"]), st.floats(-3.0, 4.0),
+       st.booleans())
+def test_G2_closed_form_gradient_is_autograds_chain_bit_for_bit(seed, n, k, dtype, decade, underflow):
+    # The value, the gradient in the logits and through a map into them (dtype and the sign of
+    # zeros included), and a second derivative equal the traced chain's bit for bit. Logits up to
+    # 1e4 apart, and with `underflow` a column at -1e30 whose exp is 0.
+    rng = np.random.default_rng(seed)
+    z, w = rng.standard_normal((n, k)).astype(dtype), rng.standard_normal((k, k)).astype(dtype)
+    if underflow:
+        z[:, 0] = -1e30
+    labels, scale = rng.integers(0, k, n), 10.0 ** decade
+    for into in (lambda v: v, lambda v: anp.dot(v, w) * scale):
+        got, want = (grad(lambda v: f(into(v), labels))(z) for f in (_sum_log_softmax_at, _traced_sum_log_softmax_at))
+        assert got.dtype == want.dtype == z.dtype
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    assert _sum_log_softmax_at(z, labels) == _traced_sum_log_softmax_at(z, labels)
+    v = rng.standard_normal((n, k))
+    second = [elementwise_grad(lambda u: anp.sum(grad(lambda q: f(anp.sin(q), labels))(u) * v))(z.astype(np.float64))
+              for f in (_sum_log_softmax_at, _traced_sum_log_softmax_at)]
+    np.testing.assert_array_equal(*second)
 
 
 def _alpha_of_original_t(sched, steps):
