@@ -12,7 +12,10 @@ it loads, and tells every OpenBLAS already loaded in the process (numpy's and sc
 their own) through its ``set_num_threads`` entry point.
 """
 import ctypes
+import multiprocessing
 import os
+import signal
+import sys
 
 DEFAULT_THREADS = 1
 THREADS_VARIABLE = "REFDIFF_THREADS"
@@ -100,3 +103,85 @@ def tune_malloc():
         return bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 1 << 30))
     except (OSError, AttributeError):
         return False
+
+
+def default_jobs():
+    """The number of processes ``run_tasks`` uses unless told otherwise: the CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_TASKS = ()  # the task list of the running ``run_tasks``, which its forked workers inherit
+
+
+def run_tasks(tasks, jobs, on_result=None, labels=None):
+    """[task() for task in tasks], computed in up to ``jobs`` worker processes; ``on_result(i, result)``
+    is called in this process as each result comes back, in list order, and ``labels[i]`` (if
+    given) starts each line that task i writes to stderr in a worker.
+
+    A task is a callable of no arguments that carries its own randomness (its own Generator), so
+    the results are the plain loop's whatever the number of processes. The workers are forked
+    from this process and start with its memory, tasks and data included; only the results travel,
+    pickled, back through a pipe (nothing is read from a file). A free worker takes the next task,
+    so list the longest first. Workers ignore Ctrl-C (this process stops them) and write whole,
+    labelled lines to stderr, never a progress line redrawn in place (``_WholeLines``). The plain
+    loop runs when jobs is 1, there is at most one task, or the platform cannot fork
+    (docs/learned.md, "Speed").
+    """
+    tasks = list(tasks)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    results = []
+    for result in _results(tasks, jobs, labels or [""] * len(tasks)):
+        if on_result:
+            on_result(len(results), result)
+        results.append(result)
+    return results
+
+
+def _results(tasks, jobs, labels):
+    """The tasks' results in list order, from a pool of min(jobs, len(tasks)) forked workers, or
+    from the plain loop (see ``run_tasks``)."""
+    global _TASKS
+    if jobs == 1 or len(tasks) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from (task() for task in tasks)
+        return
+    _TASKS = list(zip(tasks, labels))
+    try:
+        with multiprocessing.get_context("fork").Pool(min(jobs, len(tasks)), initializer=_worker_start) as pool:
+            yield from pool.imap(_run_task, range(len(tasks)), chunksize=1)
+    finally:
+        _TASKS = ()
+
+
+def _run_task(i):
+    task, sys.stderr.label = _TASKS[i]
+    return task()
+
+
+def _worker_start():
+    """In a worker of ``run_tasks``: Ctrl-C is left to the parent, and stderr writes whole lines."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stderr = _WholeLines(sys.stderr)
+
+
+class _WholeLines:
+    """A worker's stderr, which says it is not a terminal, so that progress lines (train.Progress)
+    come whole, one per line, instead of one line redrawn in place that another worker's would
+    garble; each line starts with the running task's label in brackets."""
+
+    def __init__(self, stream):
+        self.stream, self.label = stream, ""
+
+    def isatty(self):
+        return False
+
+    def write(self, text):
+        if self.label:
+            text = "".join(f"[{self.label}] {line}" for line in text.splitlines(keepends=True))
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

@@ -70,3 +70,65 @@ def test_the_command_applies_threads_and_refuses_bad_ones(capsys, monkeypatch):
 def test_tune_malloc_applies_on_glibc():
     assert runtime.tune_malloc() is (sys.platform.startswith("linux"))
     np.ones(10)  # the process carries on
+
+
+def numbered_task(i):
+    """A task that carries its own randomness (seed i) and says which process ran it, and whether
+    that process's stderr claimed to be a terminal."""
+    def task():
+        return i, float(np.random.default_rng(i).standard_normal()), os.getpid(), sys.stderr.isatty()
+    return task
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+@pytest.mark.parametrize("n", [0, 1, 5])
+def test_run_tasks_gives_the_plain_loops_results_in_order(jobs, n, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    tasks, told = [numbered_task(i) for i in range(n)], []
+    results = runtime.run_tasks(tasks, jobs, on_result=lambda i, result: told.append((i, result)))
+    plain = [task() for task in tasks]
+    assert [r[:2] for r in results] == [r[:2] for r in plain]  # the same values, in list order
+    assert told == list(enumerate(results))  # on_result heard each one, in order
+    pids = {r[2] for r in results}
+    if jobs > 1 and n > 1:  # forked workers ran them, at most jobs of them, with whole-line stderr
+        assert os.getpid() not in pids and len(pids) <= jobs and not any(r[3] for r in results)
+    else:
+        assert pids <= {os.getpid()} and all(r[3] for r in results)
+
+
+class Terminal:
+    """A stderr that says it is a terminal."""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def test_run_tasks_passes_a_tasks_error_on_and_refuses_bad_jobs():
+    def bad():
+        raise ValueError("steps must be an integer >= 1, got 0")
+    with pytest.raises(ValueError, match=r"^steps must be an integer >= 1, got 0$"):
+        runtime.run_tasks([numbered_task(0), bad], 2)
+    for jobs in (0, -1, 1.5, True, "2", None):
+        with pytest.raises(ValueError, match=r"^jobs must be an integer >= 1"):
+            runtime.run_tasks([numbered_task(0)], jobs)
+
+
+def test_a_workers_lines_on_stderr_start_with_its_tasks_label(capfd):
+    def speaker(word):
+        def task():
+            sys.stderr.write(f"{word} 1\n{word} 2\n")
+            sys.stderr.flush()
+        return task
+    runtime.run_tasks([speaker("a"), speaker("b")], 2, labels=["first", "second"])
+    lines = capfd.readouterr().err.splitlines()
+    assert sorted(lines) == ["[first] a 1", "[first] a 2", "[second] b 1", "[second] b 2"]
+
+
+def test_default_jobs_is_the_cpus_this_process_may_use():
+    assert runtime.default_jobs() == len(os.sched_getaffinity(0)) >= 1
