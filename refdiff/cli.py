@@ -228,6 +228,9 @@ def demo_options(parser):
                             help=f"{model} steps (default {two_d['steps']}; {small['steps']} with --data {IMAGES})")
     parser.add_argument("--n-per-label", type=count,
                         help=f"samples per label and strength (default 300; 50 with --data {IMAGES})")
+    parser.add_argument("--jobs", type=count,
+                        help=f"with --data {IMAGES}: processes that train the models and sample side by side (default "
+                             "the CPUs refdiff may use; the outputs are the same for any number)")
 
 
 def run_demo(args):
@@ -239,15 +242,15 @@ def run_demo(args):
     process busy on one (the README says on which machines). With --data images: on the tiny
     images, pixel CFG, classifier guidance, CLIP guidance and latent CFG side by side, and
     captions steering the unconditional model (guidance_grid.png, captions.png, metrics.json,
-    samples.npz; about 85 s with one core busy); there --denoiser-steps and --classifier-steps override the
-    pixel models' budgets.
+    samples.npz; about 85 s with one core busy, training and sampling in --jobs processes); there
+    --denoiser-steps and --classifier-steps override the pixel models' budgets.
     """
     if args.data == IMAGES:
         from . import demo_images
         budgets = {**demo_images.BUDGETS, "denoiser": budget(DENOISER_IMAGES_SMALL, args.denoiser_steps),
                    "classifier": budget(CLASSIFIER_IMAGES_SMALL, args.classifier_steps)}
         demo_images.run(args.out, np.random.default_rng(args.seed), budgets,
-                        n_per_label=args.n_per_label or 50, verbose=not args.quiet)
+                        n_per_label=args.n_per_label or 50, verbose=not args.quiet, jobs=args.jobs)
         return 0
     from . import demo
     _refuse_overwriting({os.path.join(args.out, name): "--out" for name in ("samples.npz", "metrics.json")},

@@ -29,6 +29,7 @@ from .demo import save_figure, save_json
 from .guidance import clip_guidance, clip_x0_guidance
 from .npz import make_folder, save_npz_atomic
 from .process import q_sample
+from .runtime import default_jobs, run_tasks
 from .samplers import ddpm
 from .schedule import Schedule
 from .sweep import image_measures
@@ -43,41 +44,47 @@ CAPTIONS = ("thick vertical bar", "left vertical bar", "thin horizontal bar", "t
 BUDGETS = {"denoiser": DENOISER_IMAGES_SMALL, "classifier": CLASSIFIER_IMAGES_SMALL,
            "clip_noise_aware": clip.CLIP_NOISE_AWARE_IMAGES, "clip_clean": clip.CLIP_CLEAN_IMAGES,
            "autoencoder": latent.AUTOENCODER_IMAGES, "latent_denoiser": latent.LATENT_DENOISER_IMAGES}
+# The trainings as ``runtime.run_tasks`` runs them, the longest first (one core busy: denoiser
+# ~20 s, autoencoder then latent denoiser ~17 s, noise-aware CLIP ~12 s, classifier ~9 s, clean CLIP
+# ~6 s); the latent denoiser trains on the autoencoder's codes, so the two are one task.
+TRAINING_TASKS = (("denoiser",), ("autoencoder", "latent_denoiser"), ("clip_noise_aware",), ("classifier",),
+                  ("clip_clean",))
 TILE_INCHES = 0.38  # one image in the figures' grids: 30 pixels at save_figure's 80 dpi
 CHAR_INCHES = 0.085  # the width of a character of 10-point text, for the margins of the grids' labels
 NOISY_T = (100, 300, 500, 700)  # the noise levels of the noisy class accuracies
 STEPS = 100  # DDPM steps: at the small budget DDIM-50 leaves noise the judge rejects (docs/guidance.md)
 
 
-def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say=print, verbose=True):
+def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say=print, verbose=True, jobs=None):
     """Train, sample, measure and draw; returns the metrics dict also written to metrics.json.
 
     Parameters
     ----------
-    out_dir : folder for the outputs (created if missing)
-    rng : numpy.random.Generator, the only randomness
+    out_dir : folder for the outputs (created if missing); rng : numpy.random.Generator, the only randomness
     budgets : {model name: training options}, the keys of BUDGETS
     ws : strengths w; n_per_label : samples per class and strength; n_caption : samples per caption and scale
-    say : callable(str) told of each step; verbose : a progress line on stderr for each training and
-        sampling stage (train.Progress)
+    say : callable(str) told of each step; verbose : progress lines on stderr (train.Progress)
+    jobs : processes for the trainings and sampling runs (``runtime.run_tasks``; default: the CPUs
+        this process may use, ``runtime.default_jobs()``); the outputs do not depend on it
     """
     as_count(n_per_label, "n_per_label", low=1), as_count(n_caption, "n_caption", low=1)
+    jobs = default_jobs() if jobs is None else as_count(jobs, "jobs", low=1)
     if set(budgets) != set(BUDGETS):
         raise ValueError(f"budgets must name exactly {sorted(BUDGETS)}, got {sorted(budgets)}")
     make_folder(out_dir)
     start = time.perf_counter()
-    models, metrics = _train(rng, budgets, say, verbose)
+    models, metrics = _train(rng, budgets, say, verbose, jobs)
     sched = models["sched"]
     held_out = images.sample(2000, rng, return_attributes=True)
     metrics.update(_held_out(models, *held_out))
     y = np.arange(n_per_label * images.NUM_CLASSES) % images.NUM_CLASSES
     say(f"sampling {len(y)} images for each of {len(METHODS)} methods x {len(ws)} strengths (DDPM-{STEPS})")
     with Progress("guidance sweep", len(METHODS) * len(ws) * STEPS, verbose, verb="sample") as progress:
-        metrics["rows"], samples = _sweep(models, sched, y, ws, rng, progress)
+        metrics["rows"], samples = _sweep(models, sched, y, ws, rng, progress, jobs)
     say(f"steering the unconditional model with {len(CAPTIONS)} captions, both CLIP rules")
     with Progress("captions", (1 + len(CAPTIONS) * len(RULE_NAMES) * len(ws)) * STEPS, verbose,
                   verb="sample") as progress:
-        metrics["captions"], caption_samples = _captions(models, sched, ws, n_caption, rng, progress)
+        metrics["captions"], caption_samples = _captions(models, sched, ws, n_caption, rng, progress, jobs)
     metrics["noisy_class_accuracy"] = _noisy_accuracy(models, sched, *held_out[:2], rng)
     save_json(metrics, os.path.join(out_dir, "metrics.json"))
     save_npz_atomic(os.path.join(out_dir, "samples.npz"), y=y,
@@ -90,30 +97,52 @@ def run(out_dir, rng, budgets=BUDGETS, ws=WS, n_per_label=50, n_caption=100, say
     return metrics
 
 
-def _train(rng, budgets, say, verbose):
-    """Every model of the demo, in the order of BUDGETS, the seconds each took to train and its
-    training loss (the mean over its last 100 steps); ``verbose``: each one's progress line."""
+def _train(rng, budgets, say, verbose, jobs):
+    """Every model of the demo, the seconds each took to train and its training loss (the mean over
+    its last 100 steps); ``verbose``: each one's progress line.
+
+    Each model trains from its own random stream (``rng.spawn``), so the models are the same for
+    any number of processes ``jobs``; the trainings run as the tasks of TRAINING_TASKS.
+    """
     sched = Schedule.linear(1000)
+    trainers, streams = _trainers(rng, sched, verbose), dict(zip(BUDGETS, rng.spawn(len(BUDGETS))))
+
+    def task(names):
+        trained, seconds = {}, {}
+        for name in names:
+            begin = time.perf_counter()
+            trained[name] = trainers[name](budgets[name], streams[name], trained)
+            seconds[name] = time.perf_counter() - begin
+        return trained, seconds
+
+    processes = min(jobs, len(TRAINING_TASKS))
+    say(f"training {len(BUDGETS)} models in {processes} process{'es' if processes > 1 else ''}: "
+        + ", ".join(f"the {name.replace('_', ' ')} ({budgets[name]['steps']} steps)" for name in BUDGETS))
+    models, seconds = {"sched": sched}, {}
+    tasks = [lambda names=names: task(names) for names in TRAINING_TASKS]
+    for trained, took in run_tasks(tasks, jobs, labels=[" then ".join(names).replace("_", " ") for names in TRAINING_TASKS]):
+        models.update(trained)
+        seconds.update(took)
+    losses = {name: float(np.mean(models[name].history[-100:])) for name in BUDGETS}
+    return models, {"data": "images", "train_seconds": {name: seconds[name] for name in BUDGETS}, "final_loss": losses}
+
+
+def _trainers(rng, sched, verbose):
+    """{model name: train(options, rng, trained)} on 20,000 tiny images drawn from ``rng``, with
+    their attribute words for the CLIPs; ``trained`` holds the models its task trained before
+    (the latent denoiser reads the autoencoder)."""
     x, y, attrs = images.sample(20_000, rng, return_attributes=True)
     words, K = captions.image_words(y, attrs), images.NUM_CLASSES
-    jobs = {
-        "denoiser": lambda opts: train_denoiser(x, y, sched, rng, num_labels=K, verbose=verbose, **opts),
-        "classifier": lambda opts: train_classifier(x, y, sched, rng, num_labels=K, verbose=verbose, **opts),
-        "clip_noise_aware": lambda opts: clip.train_clip(x, words, captions.VOCAB, rng, sched=sched,
-                                                         verbose=verbose, **opts),
-        "clip_clean": lambda opts: clip.train_clip(x, words, captions.VOCAB, rng, verbose=verbose, **opts),
-        "autoencoder": lambda opts: latent.train_autoencoder(x, rng, verbose=verbose, **opts),
-        "latent_denoiser": lambda opts: latent.train_latent_denoiser(models["autoencoder"], x, y, sched, rng,
-                                                                     num_labels=K, verbose=verbose, **opts),
+    return {
+        "denoiser": lambda opts, r, trained: train_denoiser(x, y, sched, r, num_labels=K, verbose=verbose, **opts),
+        "classifier": lambda opts, r, trained: train_classifier(x, y, sched, r, num_labels=K, verbose=verbose, **opts),
+        "clip_noise_aware": lambda opts, r, trained: clip.train_clip(x, words, captions.VOCAB, r, sched=sched,
+                                                                     verbose=verbose, **opts),
+        "clip_clean": lambda opts, r, trained: clip.train_clip(x, words, captions.VOCAB, r, verbose=verbose, **opts),
+        "autoencoder": lambda opts, r, trained: latent.train_autoencoder(x, r, verbose=verbose, **opts),
+        "latent_denoiser": lambda opts, r, trained: latent.train_latent_denoiser(
+            trained["autoencoder"], x, y, sched, r, num_labels=K, verbose=verbose, **opts),
     }
-    models, seconds, losses = {"sched": sched}, {}, {}
-    for name in BUDGETS:
-        say(f"training the {name.replace('_', ' ')} ({budgets[name]['steps']} steps)")
-        begin = time.perf_counter()
-        models[name] = jobs[name](budgets[name])
-        seconds[name] = time.perf_counter() - begin
-        losses[name] = float(np.mean(models[name].history[-100:]))
-    return models, {"data": "images", "train_seconds": seconds, "final_loss": losses}
 
 
 def _held_out(models, x, y, attributes):
@@ -152,35 +181,34 @@ def guidance_models(models):
             "captions": images.CLASS_NAMES, "latent_denoiser": models["latent_denoiser"]}
 
 
-def _sweep(models, sched, y, ws, rng, progress):
+def _sweep(models, sched, y, ws, rng, progress, jobs):
     """DDPM-100 samples of every method and strength from one x_T (one z_T in latent space) and one
-    noise seed, judged; rows carry the wall-clock seconds per sample, decoding included. ``progress``
-    (a train.Progress) is told of every sampling step."""
+    noise seed, judged; rows carry the wall-clock seconds per sample, decoding included. The cells
+    are tasks of ``runtime.run_tasks`` in ``jobs`` processes (the same samples for any number);
+    ``progress`` (a train.Progress) is told of each cell's steps as it comes back."""
     ae = models["autoencoder"]
     starts = {False: rng.standard_normal((len(y), images.SIZE ** 2)),
               True: rng.standard_normal((len(y), ae.config.latent))}
-    seed, available = int(rng.integers(2 ** 31)), guidance_models(models)
-    rows, samples = [], {}
-    for name in METHODS:
+    seed, available, cells = int(rng.integers(2 ** 31)), guidance_models(models), [(m, w) for m in METHODS for w in ws]
+
+    def cell(name, w):
         method = methods.get(name)
         in_latent = "latent_denoiser" in method.needs  # sampled in latent space, then decoded
-        for w in ws:
-            begin = time.perf_counter()
-            x = ddpm(method.eps_fn(available, sched, y, method.value_at(w)), sched, starts[in_latent],
-                     np.random.default_rng(seed), steps=STEPS, callback=lambda *_: progress.update())
-            if in_latent:
-                x = ae.decode(x)
-            seconds = (time.perf_counter() - begin) / len(y)
-            samples[name, w] = x
-            rows.append({"method": name, "w": float(w), "scale": method.value_at(w), **image_measures(x, y),
-                         "seconds_per_sample": seconds})
-    return rows, samples
+        begin = time.perf_counter()
+        x = ddpm(method.eps_fn(available, sched, y, method.value_at(w)), sched, starts[in_latent],
+                 np.random.default_rng(seed), steps=STEPS)
+        return (ae.decode(x) if in_latent else x), (time.perf_counter() - begin) / len(y)
+
+    done = run_tasks([lambda c=c: cell(*c) for c in cells], jobs, lambda i, _: progress.update((i + 1) * STEPS))
+    rows = [{"method": name, "w": float(w), "scale": methods.get(name).value_at(w), **image_measures(x, y),
+             "seconds_per_sample": seconds} for (name, w), (x, seconds) in zip(cells, done)]
+    return rows, {c: x for c, (x, _) in zip(cells, done)}
 
 
-def _captions(models, sched, ws, n, rng, progress):
+def _captions(models, sched, ws, n, rng, progress, jobs):
     """Both CLIP rules on the unconditional branch for each caption and scale s = 1 + w (and s = 0):
     how often the samples match each of the caption's attributes (captions.caption_match);
-    ``progress`` is told of every sampling step.
+    ``progress`` is told of each run's steps, the runs being tasks of ``runtime.run_tasks``.
 
     Every cell starts from the same x_T and noise seed, so s = 0, where both rules are the
     unconditional eps (G13, G14), is one unguided run, shared by every caption and rule.
@@ -190,16 +218,18 @@ def _captions(models, sched, ws, n, rng, progress):
     rules = {"noise_aware": lambda caption, s: clip_guidance(den, models["clip_noise_aware"].score_fn(caption),
                                                              sched, s),
              "x0": lambda caption, s: clip_x0_guidance(den, models["clip_clean"].score_fn(caption), sched, s)}
+    guided = [(caption, rule, 1.0 + w) for caption in CAPTIONS for rule in rules for w in ws]
 
     def sample(eps_fn):
-        return ddpm(eps_fn, sched, x_T, np.random.default_rng(seed), steps=STEPS, callback=lambda *_: progress.update())
-    unguided, rows, samples = sample(lambda x, t: den(x, t)), [], {}
-    for caption in CAPTIONS:
-        for rule, make in rules.items():
-            for s in (0.0,) + tuple(1.0 + w for w in ws):
-                x = unguided if s == 0 else sample(make(caption, s))
-                samples[caption, rule, s] = x
-                rows.append({"caption": caption, "rule": rule, "scale": s, **captions.caption_match(x, caption)})
+        return ddpm(eps_fn, sched, x_T, np.random.default_rng(seed), steps=STEPS)
+    tasks = [lambda: sample(lambda x, t: den(x, t))] + [lambda c=c: sample(rules[c[1]](c[0], c[2])) for c in guided]
+    unguided, *runs = run_tasks(tasks, jobs, lambda i, _: progress.update((i + 1) * STEPS))
+    samples = {(caption, rule, 0.0): unguided for caption in CAPTIONS for rule in rules}
+    samples.update(zip(guided, runs))
+    samples = {(caption, rule, s): samples[caption, rule, s]  # each caption and rule, s = 0 first
+               for caption in CAPTIONS for rule in rules for s in (0.0,) + tuple(1.0 + w for w in ws)}
+    rows = [{"caption": caption, "rule": rule, "scale": s, **captions.caption_match(x, caption)}
+            for (caption, rule, s), x in samples.items()]
     return rows, samples
 
 

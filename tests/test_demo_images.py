@@ -23,7 +23,7 @@ TINY = {name: {**opts, "steps": 20} for name, opts in demo_images.BUDGETS.items(
 def demo(tmp_path_factory):
     """One run of ``refdiff demo --data images`` on TINY budgets (the command line's options for the
     denoiser's and the classifier's steps, the rest by patching): two strengths, two samples per
-    class, three per caption, DDPM-10 instead of DDPM-100. Returns the folder, what demo_images.run returned, stdout and the
+    class, three per caption, DDPM-10 instead of DDPM-100, in two processes. Returns the folder, what demo_images.run returned, stdout and the
     arguments the command passed to run."""
     out, calls, returned, stdout = tmp_path_factory.mktemp("images_demo"), [], [], io.StringIO()
     run = demo_images.run
@@ -38,7 +38,7 @@ def demo(tmp_path_factory):
         patch.setattr(demo_images, "STEPS", 10)
         patch.setattr(demo_images, "run", small_run)
         assert main(["demo", "--data", "images", "--out", str(out), "--n-per-label", "2", "--denoiser-steps", "20",
-                     "--classifier-steps", "20", "-q"]) == 0
+                     "--classifier-steps", "20", "--jobs", "2", "-q"]) == 0
     return out, returned[0], stdout.getvalue(), calls
 
 
@@ -108,7 +108,27 @@ def test_bad_budgets_and_methods_are_refused_by_name(tmp_path):
 def test_the_command_line_runs_the_images_demo(demo):
     out, metrics, stdout, calls = demo
     [(args, kwargs)] = calls
-    assert args[0] == str(out) and kwargs == {"n_per_label": 2, "verbose": False}  # --out, --n-per-label, -q
+    assert args[0] == str(out) and kwargs == {"n_per_label": 2, "verbose": False, "jobs": 2}  # --out, ..., -q
     assert {name: opts["steps"] for name, opts in args[2].items()} == {name: 20 for name in TINY}  # the step flags
     assert json.loads((out / "metrics.json").read_text())["data"] == metrics["data"] == "images"
     assert "judged accuracy" in stdout
+
+
+def test_one_process_gives_the_same_outputs_as_two(demo, tmp_path):
+    # Each model trains from its own stream and every sampling run from the demo's shared x_T and
+    # noise seed, so the process count changes nothing but the times.
+    out, parallel, _, _ = demo
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo_images, "STEPS", 10)
+        plain = demo_images.run(str(tmp_path), np.random.default_rng(0), TINY, ws=(0.0, 3.0), n_per_label=2,
+                                n_caption=3, say=lambda line: None, verbose=False, jobs=1)
+    assert without_times(plain) == without_times(parallel)
+    with np.load(out / "samples.npz") as two, np.load(tmp_path / "samples.npz") as one:
+        assert sorted(two.files) == sorted(one.files)
+        assert all(np.array_equal(two[name], one[name]) for name in two.files)
+
+
+def without_times(metrics):
+    """metrics.json without its wall-clock seconds."""
+    rows = [{k: v for k, v in row.items() if k != "seconds_per_sample"} for row in metrics["rows"]]
+    return {**{k: v for k, v in metrics.items() if k != "train_seconds"}, "rows": rows}
