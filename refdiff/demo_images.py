@@ -44,9 +44,9 @@ CAPTIONS = ("thick vertical bar", "left vertical bar", "thin horizontal bar", "t
 BUDGETS = {"denoiser": DENOISER_IMAGES_SMALL, "classifier": CLASSIFIER_IMAGES_SMALL,
            "clip_noise_aware": clip.CLIP_NOISE_AWARE_IMAGES, "clip_clean": clip.CLIP_CLEAN_IMAGES,
            "autoencoder": latent.AUTOENCODER_IMAGES, "latent_denoiser": latent.LATENT_DENOISER_IMAGES}
-# The trainings as ``runtime.run_tasks`` runs them, the longest first (one core busy: denoiser
-# ~20 s, autoencoder then latent denoiser ~17 s, noise-aware CLIP ~12 s, classifier ~9 s, clean CLIP
-# ~6 s); the latent denoiser trains on the autoencoder's codes, so the two are one task.
+# The trainings as ``runtime.run_tasks`` runs them, the longest first (one process alone: denoiser
+# 22 s, autoencoder then latent denoiser 22 s, noise-aware CLIP 15 s, classifier 9 s, clean CLIP
+# 9 s; docs/clip.md); the latent denoiser trains on the autoencoder's codes, so the two are one task.
 TRAINING_TASKS = (("denoiser",), ("autoencoder", "latent_denoiser"), ("clip_noise_aware",), ("classifier",),
                   ("clip_clean",))
 TILE_INCHES = 0.38  # one image in the figures' grids: 30 pixels at save_figure's 80 dpi
@@ -120,7 +120,8 @@ def _train(rng, budgets, say, verbose, jobs):
         + ", ".join(f"the {name.replace('_', ' ')} ({budgets[name]['steps']} steps)" for name in BUDGETS))
     models, seconds = {"sched": sched}, {}
     tasks = [lambda names=names: task(names) for names in TRAINING_TASKS]
-    for trained, took in run_tasks(tasks, jobs, labels=[" then ".join(names).replace("_", " ") for names in TRAINING_TASKS]):
+    labels = [" then ".join(names).replace("_", " ") for names in TRAINING_TASKS]  # on the workers' lines
+    for trained, took in run_tasks(tasks, jobs, labels=labels):
         models.update(trained)
         seconds.update(took)
     losses = {name: float(np.mean(models[name].history[-100:])) for name in BUDGETS}
@@ -224,9 +225,8 @@ def _captions(models, sched, ws, n, rng, progress, jobs):
         return ddpm(eps_fn, sched, x_T, np.random.default_rng(seed), steps=STEPS)
     tasks = [lambda: sample(lambda x, t: den(x, t))] + [lambda c=c: sample(rules[c[1]](c[0], c[2])) for c in guided]
     unguided, *runs = run_tasks(tasks, jobs, lambda i, _: progress.update((i + 1) * STEPS))
-    samples = {(caption, rule, 0.0): unguided for caption in CAPTIONS for rule in rules}
-    samples.update(zip(guided, runs))
-    samples = {(caption, rule, s): samples[caption, rule, s]  # each caption and rule, s = 0 first
+    runs = dict(zip(guided, runs))
+    samples = {(caption, rule, s): unguided if s == 0 else runs[caption, rule, s]  # s = 0 first
                for caption in CAPTIONS for rule in rules for s in (0.0,) + tuple(1.0 + w for w in ws)}
     rows = [{"caption": caption, "rule": rule, "scale": s, **captions.caption_match(x, caption)}
             for (caption, rule, s), x in samples.items()]

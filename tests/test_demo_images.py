@@ -23,8 +23,8 @@ TINY = {name: {**opts, "steps": 20} for name, opts in demo_images.BUDGETS.items(
 def demo(tmp_path_factory):
     """One run of ``refdiff demo --data images`` on TINY budgets (the command line's options for the
     denoiser's and the classifier's steps, the rest by patching): two strengths, two samples per
-    class, three per caption, DDPM-10 instead of DDPM-100, in two processes. Returns the folder, what demo_images.run returned, stdout and the
-    arguments the command passed to run."""
+    class, three per caption, DDPM-10 instead of DDPM-100, in two processes. Returns the folder,
+    what demo_images.run returned, stdout and the arguments the command passed to run."""
     out, calls, returned, stdout = tmp_path_factory.mktemp("images_demo"), [], [], io.StringIO()
     run = demo_images.run
 
