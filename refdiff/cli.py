@@ -252,6 +252,8 @@ def run_demo(args):
         demo_images.run(args.out, np.random.default_rng(args.seed), budgets,
                         n_per_label=args.n_per_label or 50, verbose=not args.quiet, jobs=args.jobs)
         return 0
+    if args.jobs is not None:
+        raise ValueError(f"--jobs is used only with --data {IMAGES} (the 2D demo trains and samples in one process)")
     from . import demo
     _refuse_overwriting({os.path.join(args.out, name): "--out" for name in ("samples.npz", "metrics.json")},
                         {args.data: "--data"})

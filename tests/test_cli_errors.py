@@ -177,6 +177,12 @@ def test_data_beside_model_is_checked_against_the_models(data, needle, saved, tm
     assert not (tmp_path / "samples.npz").exists()
 
 
+def test_jobs_is_refused_for_the_2d_demo(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused(["demo", "--jobs", "2", "-q"], capsys, "--jobs is used only with --data images")
+    assert list(tmp_path.iterdir()) == []  # refused before anything is trained or written
+
+
 def test_data_beside_model_is_used_for_the_exact_fidelity(saved, tmp_path, capsys):
     model = model_folder(tmp_path / "m", saved, denoiser="denoiser")
     argv = ["sample", "--model", str(model), "-n", "6", "--steps", "4", "--out", str(tmp_path / "s.npz"), "-q"]
