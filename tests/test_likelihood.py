@@ -20,8 +20,9 @@ S1, ST = np.sqrt((1 - A1) / A1), np.sqrt((1 - AT) / AT)
 
 
 def oracle_eps_fn(mix, sched):
-    """The exact eps = -sqrt(1 - a) grad log q_t (O3), through autograd so that it can be differentiated
-    again (the oracle's own eps_model is numpy, not autograd)."""
+    """The exact eps = -sqrt(1 - a) grad log q_t (O3), autograd's gradient of the log-density itself,
+    so that the reference comes from the density and not from the oracle's own eps path (which
+    autograd can also differentiate, through ``arrays.numpy_for``), and can be differentiated again."""
     def eps_fn(x, t):
         a = sched.alpha_bar_at(np.asarray(t, dtype=np.float64))
         score = elementwise_grad(lambda z: anp.sum(mix.log_prob_noised(z, a)))(x)
