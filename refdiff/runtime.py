@@ -133,8 +133,11 @@ def run_tasks(tasks, jobs, on_result=None, labels=None):
     tasks = list(tasks)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    labels = [""] * len(tasks) if labels is None else list(labels)
+    if len(labels) != len(tasks):
+        raise ValueError(f"labels must hold one label per task ({len(tasks)}), got {len(labels)}")
     results = []
-    for result in _results(tasks, jobs, labels or [""] * len(tasks)):
+    for result in _results(tasks, jobs, labels):
         if on_result:
             on_result(len(results), result)
         results.append(result)

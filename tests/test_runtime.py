@@ -117,6 +117,8 @@ def test_run_tasks_passes_a_tasks_error_on_and_refuses_bad_jobs():
     for jobs in (0, -1, 1.5, True, "2", None):
         with pytest.raises(ValueError, match=r"^jobs must be an integer >= 1"):
             runtime.run_tasks([numbered_task(0)], jobs)
+    with pytest.raises(ValueError, match=r"^labels must hold one label per task \(2\), got 1"):
+        runtime.run_tasks([numbered_task(0), numbered_task(1)], 2, labels=["only one"])  # zip would drop a task
 
 
 def test_a_workers_lines_on_stderr_start_with_its_tasks_label(capfd):
